@@ -1,0 +1,92 @@
+"""The Python entry point: `distill(teacher, student, method=..., test_set=...)`, used by the CLI too."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from pydantic import ValidationError
+from torch.utils.data import Dataset
+
+from . import env
+from .config import one_line
+from .data import ImageTensors, LoaderBatches, TensorBatches, get_dataset, materialize
+from .errors import HarnessError
+from .loop import LoopResult, run_loop
+from .method import Context, Method
+from .registry import METHODS
+
+BUDGET_KEYS = ("iterations", "eval_every")
+
+
+def make_method(name: str, ctx: Context, hyperparameters: dict) -> Method:
+    cls = METHODS.get(name)
+    try:
+        params = cls.Params(**hyperparameters)
+    except ValidationError as e:
+        raise HarnessError(f"{name}: {one_line(e)}") from None
+    return cls(ctx, params)
+
+
+def training_batches(ctx: Context, source: Optional[str], batch_size: int):
+    """Batches of real images for data-driven methods: the user's train_set, the suite's dataset,
+    or another dataset (`source`) reshaped to the teacher's input and normalised like its data."""
+    if source is None and ctx.train_set is not None:
+        if isinstance(ctx.train_set, ImageTensors):
+            return TensorBatches(ctx.train_set, batch_size, ctx.device, ctx.seed)
+        return LoaderBatches(ctx.train_set, batch_size, ctx.device, ctx.seed)
+    name = source or ctx.dataset
+    if name is None:
+        raise HarnessError("this method needs training data: pass train_set= (or a dataset name as `data`)")
+    spec = get_dataset(name)
+    data = spec.load("train")
+    target = get_dataset(ctx.dataset) if ctx.dataset else spec
+    data = data.adapt(ctx.input_shape).with_stats(target.mean, target.std)
+    return TensorBatches(data, batch_size, ctx.device, ctx.seed, augment=target.augment)
+
+
+def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,
+                  iterations: int, device="auto", precision="auto", channels_last="auto",
+                  dataset: str | None = None, train_set=None) -> Context:
+    dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
+    torch.manual_seed(seed)
+    teacher = teacher.to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    cl = channels_last == "on" or (channels_last == "auto")
+    student = student.to(dev)
+    if cl:
+        student = student.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return Context(teacher=teacher, student=student, input_shape=tuple(input_shape), num_classes=num_classes,
+                   device=dev, iterations=iterations, seed=seed,
+                   precision=env.resolve_precision(precision, dev), channels_last=cl,
+                   dataset=dataset, train_set=train_set)
+
+
+def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_set: Dataset | ImageTensors = None,
+            input_shape=None, num_classes: int | None = None, seed: int = 0, train_set: Dataset | None = None,
+            device: str = "auto", precision: str = "auto", channels_last: str = "auto",
+            iterations: int = 2000, eval_every: int = 50, on_eval=None, **hyperparameters: Any) -> LoopResult:
+    """Distil `teacher` into `student` with a registered method; returns best/final accuracy,
+    the per-evaluation history and the trained student.
+
+    Hyperparameters go by the suite files' names (`batch_size=`, `lr_S=`, `nz=`, ...); the teacher is
+    frozen and the student is trained in place.
+    """
+    if test_set is None:
+        raise HarnessError("distill needs test_set= (a Dataset of (image, label) pairs)")
+    test = test_set if isinstance(test_set, ImageTensors) else materialize(test_set)
+    if input_shape is None:
+        input_shape = tuple(test.x.shape[1:])
+    if len(input_shape) != 3:
+        raise HarnessError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+    if num_classes is None:
+        with torch.no_grad():
+            num_classes = teacher.eval()(test.normalize(test.x[:2])).shape[1]
+    ctx = build_context(teacher, student, input_shape, num_classes, seed, iterations, device, precision,
+                        channels_last, train_set=train_set)
+    m = make_method(method, ctx, hyperparameters)
+    m.setup()
+    return run_loop(m, test, iterations, eval_every, on_eval=on_eval)

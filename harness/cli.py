@@ -1,0 +1,164 @@
+"""`dfad-bench`: run, report, ls, validate and teacher, a thin layer over harness.runner and reports."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark harness for data-free knowledge distillation (DFAD and its baselines).")
+
+RUNS_DIR = typer.Option("runs", "--runs-dir", help="Where runs are stored: <runs-dir>/<suite>/<method>/seed-<n>/")
+PROFILE = typer.Option(None, "--profile", "-p", help="paper | quick | smoke (default: paper with CUDA, else quick)")
+OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. budget.iterations=500")
+
+
+def fail(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _csv(text: str | None, cast=str, what="list") -> list | None:
+    if text is None:
+        return None
+    try:
+        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HarnessError(f"--{what} {text!r} is not a comma-separated list of {cast.__name__}s") from None
+    if not items:
+        raise HarnessError(f"--{what} is empty")
+    return items
+
+
+def _load(suite, profile, overrides, methods=None, seeds=None, params=None, announce=True):
+    import methods as _  # noqa: F401  (register every method)
+
+    from .config import default_profile, load_suite
+
+    if profile is None and announce:
+        name, why = default_profile()
+        typer.echo(f"profile: {name} ({why}; --profile paper|quick|smoke to choose)", err=True)
+    return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params)
+
+
+def guarded(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except HarnessError as e:
+            fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished runs and checkpoints are kept; rerun to resume", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@app.command()
+@guarded
+def run(suite: str = typer.Argument(..., help="suite name in benchmarks/ or path to a suite file"),
+        overrides: Optional[List[str]] = OVERRIDES, profile: Optional[str] = PROFILE,
+        methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (default: the suite's)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default: the suite's)"),
+        runs_dir: Path = RUNS_DIR, force: bool = typer.Option(False, "--force", help="redo finished runs"),
+        params: Optional[Path] = typer.Option(None, "--params", help="YAML overlay of parameters (from tune)"),
+        report: bool = typer.Option(True, "--report/--no-report", help="write and print the table at the end")):
+    """Train (or reuse) the teacher, run every method x seed, then table the results."""
+    from .runner import run_suite
+
+    s = _load(suite, profile, overrides, methods, seeds, str(params) if params else None)
+    outcome = run_suite(s, runs_dir, force)
+    if report:
+        _report(s, runs_dir)
+    if outcome.failed:
+        typer.echo(f"{len(outcome.failed)} run(s) failed; see their summary.json", err=True)
+
+
+def _report(s, runs_dir, metric="best"):
+    from reports.table import write_report
+
+    out, df = write_report(s, runs_dir, metric)
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"wrote {out}/table.{{md,tex,csv}}")
+
+
+@app.command()
+@guarded
+def report(suite: str = typer.Argument(...), runs_dir: Path = RUNS_DIR, profile: Optional[str] = PROFILE,
+           metric: str = typer.Option("best", "--metric", help="best | final")):
+    """Write <runs-dir>/<suite>/report/table.{md,tex,csv} from the stored runs."""
+    if metric not in ("best", "final"):
+        raise HarnessError(f"--metric {metric!r}: choose best or final")
+    s = _load(suite, profile or _stored_profile(suite, runs_dir), [], announce=False)
+    if not (runs_dir / s.name).is_dir():
+        raise HarnessError(f"no runs of suite {s.name!r} under {runs_dir}")
+    _report(s, runs_dir, metric)
+
+
+def _stored_profile(suite: str, runs_dir: Path) -> str | None:
+    from .config import suite_path
+    from .store import Store, read_json
+
+    for rd in Store(runs_dir, suite_path(suite).stem).runs():
+        s = read_json(rd.summary_path)
+        if s and s.get("profile"):
+            return s["profile"]
+    return None
+
+
+@app.command()
+@guarded
+def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
+             profile: Optional[str] = PROFILE):
+    """Load and check a suite (every profile, or the one given) without running anything."""
+    from .config import read_yaml, suite_path
+
+    profiles = [profile] if profile else ["paper", *(read_yaml(suite_path(suite)).get("profiles") or {})]
+    for p in profiles:
+        s = _load(suite, p, overrides, announce=False)
+        typer.echo(f"ok: {s.name} [{p}] dataset {s.dataset}, teacher {s.teacher.model.name}, student "
+                   f"{s.student.name}, methods {', '.join(s.method_names())}, seeds {s.seeds}, "
+                   f"{s.budget.iterations} iterations")
+
+
+@app.command()
+@guarded
+def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
+            profile: Optional[str] = PROFILE, runs_dir: Path = RUNS_DIR):
+    """Train (or reuse, or load with teacher.checkpoint=PATH) the suite's teacher and print its accuracy."""
+    from . import env
+    from .teacher import ensure_teacher
+
+    s = _load(suite, profile, overrides)
+    env.set_threads(s.runtime.threads)
+    t = ensure_teacher(s, runs_dir, env.resolve_device(s.runtime.device))
+    typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test acc {t.acc:.4f} ({t.source}, {t.path})")
+
+
+@app.command("ls")
+@guarded
+def ls():
+    """List suites, datasets, models and methods."""
+    import methods as _  # noqa: F401
+
+    from .config import list_suites
+    from .registry import DATASETS, METHODS, MODELS
+
+    for title, names in (("suites", list_suites()), ("datasets", DATASETS.names()), ("models", MODELS.names()),
+                         ("methods", METHODS.names())):
+        typer.echo(f"{title}: {', '.join(names)}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

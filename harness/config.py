@@ -1,0 +1,248 @@
+"""Suite files (YAML) -> typed, validated config: profiles overlaid, `key.path=value` overrides applied.
+
+A suite's top level holds the `paper` settings; `profiles.<name>` overlays them (quick, smoke, ...).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import HarnessError
+from .registry import DATASETS, METHODS, MODELS, unknown
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+PROFILES = ("paper", "quick", "smoke")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelCfg(Strict):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        MODELS.get(v)
+        return v
+
+
+class TeacherRecipe(Strict):
+    """How the harness trains a teacher; part of the teacher cache key."""
+
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(256, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["none", "multistep", "cosine", "onecycle"] = "none"
+    milestones: list[int] = Field(default_factory=list)  # epochs, for multistep
+    gamma: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: Optional[bool] = None  # None: the dataset's own training augmentation
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    train_subset: Optional[int] = Field(None, gt=0)  # first N training images only (smoke profiles)
+    seed: int = 0
+
+
+class TeacherCfg(Strict):
+    model: ModelCfg
+    checkpoint: Optional[str] = None  # a user's weights (state_dict); skips training
+    recipe: TeacherRecipe = Field(default_factory=TeacherRecipe)
+
+
+class BudgetCfg(Strict):
+    iterations: int = Field(gt=0)
+    eval_every: int = Field(50, gt=0)  # the official "epoch" is 50 iterations
+
+
+class RuntimeCfg(Strict):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    threads: Optional[int] = Field(None, gt=0)
+    deterministic: bool = False
+    compile: bool = False
+
+
+class Suite(Strict):
+    name: str
+    description: str = ""
+    profile: str = "paper"
+    dataset: str
+    teacher: TeacherCfg
+    student: ModelCfg
+    budget: BudgetCfg
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    methods: dict[str, Optional[dict[str, Any]]]
+    runtime: RuntimeCfg = Field(default_factory=RuntimeCfg)
+    paper: dict[str, float] = Field(default_factory=dict)  # the paper's numbers, beside ours in reports
+    notes: dict[str, str] = Field(default_factory=dict)  # per profile: what was scaled and why
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v):
+        DATASETS.get(v)
+        return v
+
+    def method_params(self, name: str):
+        return METHODS.get(name).Params(**(self.methods.get(name) or {}))
+
+    def method_names(self) -> list[str]:
+        return list(self.methods)
+
+    def run_config(self, method: str, seed: int) -> dict:
+        """The resolved config of one run: what config.yaml holds and what identifies the run."""
+        d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "notes", "description"})
+        d.update(method=method, seed=seed, params=self.method_params(method).model_dump(mode="json"))
+        return d
+
+
+def config_hash(d: dict, ignore=("runtime",)) -> str:
+    d = {k: v for k, v in d.items() if k not in ignore}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise HarnessError(f"suite file {p} does not exist")
+        return p
+    candidate = BENCHMARKS_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise HarnessError(unknown("suite", name_or_path, list_suites()))
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise HarnessError(f"{path}:{where} malformed YAML ({getattr(e, 'problem', e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{path}: cannot read suite file ({e})") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: a suite file must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise HarnessError(f"override {text!r} is not key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts) or not all(p.replace("_", "").replace("-", "").isalnum() for p in parts):
+        raise HarnessError(f"override {text!r}: {key!r} is not a dotted key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(data: dict, parts: list[str], value: Any) -> None:
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise HarnessError(f"override {'.'.join(parts)}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def default_profile() -> tuple[str, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return "paper", "CUDA is available"
+    return "quick", "no CUDA device"
+
+
+def load_suite(name_or_path: str, profile: str | None = None, overrides: list[str] = (),
+               methods: list[str] | None = None, seeds: list[int] | None = None,
+               params_file: str | None = None) -> Suite:
+    path = suite_path(name_or_path)
+    raw = read_yaml(path)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise HarnessError(f"{path}: 'profiles' must be a mapping")
+    profile = profile or default_profile()[0]
+    if profile != "paper":
+        if profile not in profiles:
+            raise HarnessError(unknown("profile", profile, ["paper", *profiles]) + f" (suite {path.stem})")
+        raw = deep_merge(raw, profiles[profile])
+    raw.setdefault("name", path.stem)
+    raw["profile"] = profile
+    if params_file:
+        raw = deep_merge(raw, read_yaml(Path(params_file)))
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    if methods:
+        known = raw.get("methods") or {}
+        for m in methods:
+            METHODS.get(m)
+        raw["methods"] = {m: known.get(m, {}) for m in methods}
+    if seeds is not None:
+        raw["seeds"] = list(seeds)
+    return validate(raw, str(path))
+
+
+def validate(raw: dict, source: str = "suite") -> Suite:
+    import methods  # noqa: F401  (register every method before checking names)
+
+    try:
+        suite = Suite(**raw)
+        for name, params in suite.methods.items():
+            if params is not None and not isinstance(params, dict):
+                raise HarnessError(f"methods.{name}: expected a mapping of hyperparameters, got {params!r}")
+            try:
+                METHODS.get(name).Params(**(params or {}))
+            except ValidationError as e:
+                raise HarnessError(f"{source}: {one_line(e, prefix=f'methods.{name}.')}") from None
+        return suite
+    except ValidationError as e:
+        raise HarnessError(f"{source}: {one_line(e)}") from None
+    except HarnessError as e:
+        msg = str(e)
+        raise HarnessError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def one_line(e: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line: where, what, and the value given."""
+    err = e.errors()[0]
+    loc = prefix + ".".join(str(x) for x in err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    given = err.get("input")
+    shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(given, dict) else f" (got {given!r})"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{loc}: {msg}{shown}{more}"

@@ -1,0 +1,275 @@
+"""Datasets as cached uint8 tensors under the data root (`DFAD_DATA`), batched and augmented on the device.
+
+Built-in datasets load once through torchvision (downloading where the network allows, or from the
+ImageFolder layout `<root>/<name>/{train,test}/<class>/`), then live in memory as uint8 tensors.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import MissingDataError
+from .registry import DATASETS
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("DFAD_DATA", "./data")).expanduser()
+
+
+@dataclass
+class ImageTensors:
+    """Images (uint8 in [0,255], or float already normalised) and labels, plus how to normalise them."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __len__(self):
+        return len(self.y)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return x.float()
+        x = x.float().div_(255)
+        if self.mean is not None:
+            m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            x = (x - m) / s
+        return x
+
+    def to(self, device) -> "ImageTensors":
+        return ImageTensors(self.x.to(device), self.y.to(device), self.mean, self.std)
+
+    def adapt(self, input_shape) -> "ImageTensors":
+        """Same images in another shape: channels repeated or averaged, resized to H x W."""
+        c, h, w = input_shape
+        x = self.x
+        if x.shape[1] != c:
+            xf = x.float()
+            xf = xf.mean(1, keepdim=True) if c == 1 else xf[:, :1].expand(-1, c, -1, -1)
+            x = xf.round().to(self.x.dtype) if self.x.dtype == torch.uint8 else xf
+        if tuple(x.shape[-2:]) != (h, w):
+            x = resize(x, (h, w))
+        return ImageTensors(x, self.y, self.mean, self.std)
+
+    def with_stats(self, mean, std) -> "ImageTensors":
+        return ImageTensors(self.x, self.y, mean, std)
+
+
+def resize(x: torch.Tensor, hw) -> torch.Tensor:
+    out = []
+    for chunk in x.split(4096):
+        r = F.interpolate(chunk.float(), size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
+        out.append(r.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else r)
+    return torch.cat(out)
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    loader: Callable[[Path, str], tuple[torch.Tensor, torch.Tensor]]
+    augment: str = "none"  # "crop_flip": random 4-px-padded crop and horizontal flip (CIFAR)
+    how_to_get: str = ""
+    splits: tuple[str, ...] = field(default=("train", "test"))
+
+    def load(self, split: str, root: Path | None = None) -> ImageTensors:
+        root = Path(root) if root is not None else data_root()
+        x, y = cached(self.name, split, root, lambda: self.loader(root, split))
+        return ImageTensors(x, y, self.mean, self.std)
+
+
+def cached(name: str, split: str, root: Path, load) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode once, then keep the tensors beside the data (when the root is writable)."""
+    path = root / ".dfad-cache" / f"{name}-{split}.pt"
+    if path.exists():
+        try:
+            d = torch.load(path, weights_only=True)
+            return d["x"], d["y"]
+        except Exception:
+            path.unlink(missing_ok=True)
+    x, y = load()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"x": x, "y": y}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return x, y
+
+
+def _download_allowed() -> bool:
+    return os.environ.get("DFAD_DOWNLOAD", "1") not in ("0", "false", "no")
+
+
+def _torchvision(name: str, cls, root: Path, how: str, **kw):
+    try:
+        return cls(str(root), download=False, **kw)
+    except (RuntimeError, FileNotFoundError):
+        pass
+    if _download_allowed():
+        try:
+            return cls(str(root), download=True, **kw)
+        except Exception:
+            pass
+    raise MissingDataError(f"dataset {name!r} not found under {root} ({how})")
+
+
+def _stack_pil(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.transforms.functional import pil_to_tensor
+
+    xs, ys = zip(*((pil_to_tensor(img), int(t)) for img, t in ds))
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def _image_folder(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    xs, ys = [], []
+    for label, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()):
+            xs.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
+            ys.append(label)
+    if not xs:
+        raise MissingDataError(f"no images under {root}")
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def _mnist(root: Path, split: str):
+    from torchvision.datasets import MNIST
+
+    ds = _torchvision("mnist", MNIST, root, f"expects {root}/MNIST/raw/*-ubyte; set DFAD_DATA", train=split == "train")
+    x = ds.data.unsqueeze(1)
+    return resize(x, (32, 32)), ds.targets.long()  # the official pipeline's Resize(32)
+
+
+def _usps(root: Path, split: str):
+    from torchvision.datasets import USPS
+
+    ds = _torchvision("usps", USPS, root / "usps", f"expects {root}/usps/usps.bz2 and usps.t.bz2", train=split == "train")
+    x, y = _stack_pil(ds)
+    return resize(x, (32, 32)), y
+
+
+def _cifar(name: str, cls_name: str):
+    def load(root: Path, split: str):
+        folder = root / name / split
+        if folder.is_dir():
+            return _image_folder(folder, split)
+        import torchvision.datasets as tvd
+
+        ds = _torchvision(name, getattr(tvd, cls_name), root,
+                          f"expects {folder}/<class>/*.jpg or torchvision's {cls_name} files; set DFAD_DATA",
+                          train=split == "train")
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return x, torch.tensor(ds.targets, dtype=torch.long)
+
+    return load
+
+
+MNIST_STATS = ((0.1307,), (0.3081,))
+CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+DATASETS.register("mnist")(DatasetSpec("mnist", (1, 32, 32), 10, *MNIST_STATS, _mnist))
+DATASETS.register("usps")(DatasetSpec("usps", (1, 32, 32), 10, *MNIST_STATS, _usps))
+DATASETS.register("cifar10")(DatasetSpec("cifar10", (3, 32, 32), 10, *CIFAR_STATS, _cifar("cifar10", "CIFAR10"), "crop_flip"))
+DATASETS.register("cifar100")(DatasetSpec("cifar100", (3, 32, 32), 100, *CIFAR_STATS, _cifar("cifar100", "CIFAR100"), "crop_flip"))
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    return DATASETS.get(name)
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Batched random crop (zero padding) and horizontal flip, on whatever device x lives."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    iy = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, padded.shape[3])
+    rows = padded.gather(2, iy)
+    ix = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    out = rows.gather(3, ix)
+    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+
+
+class TensorBatches:
+    """Endless shuffled batches from ImageTensors, normalised (and augmented) on the device."""
+
+    def __init__(self, data: ImageTensors, batch_size: int, device, seed: int = 0, augment: str = "none"):
+        self.data = data.to(device)
+        self.batch_size = min(batch_size, len(data))
+        self.augment = augment
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self._perm, self._pos = None, len(data)
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        if self._pos + self.batch_size > len(self.data):
+            self._perm = torch.randperm(len(self.data), generator=self.gen).to(self.data.x.device)
+            self._pos = 0
+        idx = self._perm[self._pos: self._pos + self.batch_size]
+        self._pos += self.batch_size
+        x = self.data.x[idx]
+        if self.augment == "crop_flip":
+            x = crop_flip(x, self.gen)
+        return self.data.normalize(x), self.data.y[idx]
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state(), "perm": self._perm, "pos": self._pos}
+
+    def load_state_dict(self, s):
+        self.gen.set_state(s["gen"])
+        self._perm, self._pos = s["perm"], s["pos"]
+
+
+class LoaderBatches:
+    """Endless batches from a user's torch Dataset (its own transforms kept)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device, seed: int = 0, workers: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=g,
+                                 num_workers=workers, pin_memory=torch.device(device).type == "cuda")
+        self.device = device
+        self._it = iter(self.loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            x, y = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            x, y = next(self._it)
+        return x.to(self.device, non_blocking=True).float(), y.to(self.device, non_blocking=True)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, s):
+        pass
+
+
+def materialize(dataset: Dataset, batch_size: int = 512) -> ImageTensors:
+    """Turn a user's (x, y) Dataset into tensors once, for fast repeated evaluation."""
+    xs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        xs.append(torch.as_tensor(x).float())
+        ys.append(torch.as_tensor(y).long())
+    return ImageTensors(torch.cat(xs), torch.cat(ys))

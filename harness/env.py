@@ -1,0 +1,104 @@
+"""Where a run happens: device, precision, threads, machine name, versions and git commit."""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .errors import HarnessError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise HarnessError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+@functools.lru_cache
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """None = fp32. `auto` uses bf16 autocast where the hardware has it natively."""
+    if setting == "fp32":
+        return None
+    if setting == "bf16" or native_bf16(device):
+        return torch.bfloat16
+    return None
+
+
+@functools.lru_cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+@functools.lru_cache
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from . import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "dfad_bench": __version__}
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+    elif os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+def set_determinism(on: bool) -> None:
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = not on
+        torch.backends.cudnn.deterministic = on

@@ -1,0 +1,15 @@
+"""User-facing errors: one line that names the problem; the CLI turns them into a non-zero exit."""
+
+
+class HarnessError(Exception):
+    """An error caused by the user's input (config, data, checkpoint, flag), not by a bug."""
+
+    exit_code = 2
+
+
+class MissingDataError(HarnessError):
+    """A dataset (or a split of it) is not where the harness looked."""
+
+
+class DivergenceError(HarnessError):
+    """Training produced NaN/Inf or stayed at chance; the run is recorded as failed."""

@@ -1,0 +1,118 @@
+"""What a method is to the shared loop: its hyperparameters, its setup, and one iteration.
+
+A method file subclasses `Method`, declares `Params` and implements `setup` and `step`; the loop owns
+the budget, evaluation, checkpoints, timing and progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+from .data import ImageTensors
+
+
+class Params(BaseModel):
+    """Hyperparameters every method has; a method's own Params extend it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    batch_size: int = Field(256, gt=0)
+
+
+@dataclass
+class Context:
+    teacher: nn.Module
+    student: nn.Module
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    device: torch.device
+    iterations: int
+    seed: int = 0
+    precision: torch.dtype | None = None  # bf16 autocast when set
+    channels_last: bool = False
+    dataset: Optional[str] = None  # the suite's dataset name, for methods that read data
+    train_set: Any = None  # a user's Dataset or ImageTensors, for data-driven methods
+    extra: dict = field(default_factory=dict)
+
+    def autocast(self):
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+
+class Method:
+    name: str = ""
+    data_free: bool = True
+    Params = Params
+
+    def __init__(self, ctx: Context, params: Params):
+        self.ctx, self.p = ctx, params
+        self.modules: dict[str, nn.Module] = {"student": ctx.student}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.samplers: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def step(self, it: int) -> dict[str, torch.Tensor]:
+        """One iteration; returns detached loss tensors (the loop syncs them only at evaluations)."""
+        raise NotImplementedError
+
+    def sample(self, n: int) -> Optional[torch.Tensor]:
+        """Images the method trains on (for sample grids); None if it has none to show."""
+        return None
+
+    def state_dict(self) -> dict:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "samplers": {k: s.state_dict() for k, s in self.samplers.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for group in ("modules", "optimizers", "schedulers", "samplers"):
+            own = getattr(self, group)
+            if set(state[group]) != set(own):
+                raise ValueError(f"checkpoint {group} {sorted(state[group])} != {sorted(own)}")
+            for k, v in state[group].items():
+                own[k].load_state_dict(v)
+
+
+def schedule_factor(kind: str, iterations: int, milestones=(), gamma: float = 0.1) -> Callable[[int], float]:
+    """LR factor at iteration i. Milestones are fractions of the budget (paper: epochs 100, 200 of 500 -> 0.2, 0.4)."""
+    if kind == "none":
+        return lambda i: 1.0
+    if kind == "multistep":
+        steps = sorted(round(m * iterations) for m in milestones)
+        return lambda i: gamma ** sum(i >= s for s in steps)
+    if kind == "cosine":
+        return lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations))
+    raise ValueError(f"unknown schedule {kind!r}")
+
+
+def make_scheduler(opt, kind: str, iterations: int, milestones=(), gamma=0.1):
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(kind, iterations, milestones, gamma))
+
+
+def sgd(params, lr, momentum=0.9, weight_decay=0.0, device=None):
+    kw = {"foreach": True}
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
+
+
+def adam(params, lr, betas=(0.9, 0.999), weight_decay=0.0, device=None):
+    fused = device is not None and torch.device(device).type == "cuda"
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                            **({"fused": True} if fused else {"foreach": True}))
+
+
+ScheduleKind = Literal["none", "multistep", "cosine"]

@@ -1,0 +1,56 @@
+"""One generic registry (datasets, models, methods): a decorator to add, a lookup that suggests."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, TypeVar
+
+from .errors import HarnessError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            for key in (name, *aliases):
+                key = normalize(key)
+                if key in self._items and self._items[key] is not obj:
+                    raise ValueError(f"{self.kind} {key!r} is registered twice")
+                self._items[key] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        key = normalize(name)
+        if key not in self._items:
+            raise HarnessError(unknown(self.kind, name, self.names()))
+        return self._items[key]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return normalize(name) in self._items
+
+    def items(self):
+        return sorted(self._items.items())
+
+
+def normalize(name: str) -> str:
+    return str(name).strip().lower().replace("-", "_")
+
+
+def unknown(kind: str, name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(normalize(name), choices, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(choices)}"
+    return f"unknown {kind} {name!r}{hint}"
+
+
+DATASETS: Registry = Registry("dataset")
+MODELS: Registry = Registry("model")
+METHODS: Registry = Registry("method")

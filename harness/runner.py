@@ -1,0 +1,154 @@
+"""Runs a suite: the teacher, then every (method, seed) into the store, skipping what is finished."""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import env
+from .api import build_context, make_method
+from .config import Suite, config_hash
+from .data import get_dataset
+from .errors import HarnessError
+from .loop import CHECKPOINT_VERSION, run_loop
+from .models import build_model, count_macs
+from .progress import SuiteProgress
+from .store import RunDir, Store, atomic_torch_save
+from .teacher import ensure_teacher
+
+
+@dataclass
+class SuiteOutcome:
+    done: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+def planned_runs(suite: Suite) -> list[tuple[str, int]]:
+    return [(m, s) for m in suite.method_names() for s in suite.seeds]
+
+
+def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
+    """A finished run made with another config is never silently reused, nor silently overwritten."""
+    if force:
+        return
+    for method, seed in planned_runs(suite):
+        rd = store.run(method, seed)
+        s = rd.summary()
+        if s and s.get("status") == "done" and s.get("config_hash") != config_hash(suite.run_config(method, seed)):
+            raise HarnessError(
+                f"{rd.path} finished with a different config (profile {s.get('profile')!r}, "
+                f"{s.get('iterations')} iterations); pass --force to redo it or --runs-dir to keep both")
+
+
+def build_student(suite: Suite):
+    spec = get_dataset(suite.dataset)
+    return build_model(suite.student.name, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
+                       **suite.student.kwargs)
+
+
+def load_resume_state(rd: RunDir, fingerprint: str, log) -> dict | None:
+    if not rd.checkpoint.exists():
+        return None
+    try:
+        state = torch.load(rd.checkpoint, map_location="cpu", weights_only=True)
+        if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
+            raise ValueError("it was made by another config or version")
+        return state
+    except Exception as e:  # corrupt, foreign or incompatible: start over, say so once
+        log(f"warning: checkpoint {rd.checkpoint} unusable ({str(e).splitlines()[0][:100]}); restarting the run")
+        return None
+
+
+def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test, device, progress: SuiteProgress):
+    cfg = suite.run_config(method, seed)
+    fp = config_hash(cfg)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    rd.write_config(cfg)
+    spec = get_dataset(suite.dataset)
+    base = {"suite": suite.name, "profile": suite.profile, "method": method, "seed": seed, "config_hash": fp,
+            "dataset": suite.dataset, "teacher_acc": teacher.acc, "git_commit": env.git_commit(),
+            "versions": env.versions(), "device": env.device_name(device)}
+    t0 = time.perf_counter()
+    try:
+        torch.manual_seed(seed)
+        student = build_student(suite)
+        macs = count_macs(student, spec.input_shape)
+        ctx = build_context(teacher.model, student, spec.input_shape, spec.num_classes, seed,
+                            suite.budget.iterations, device, suite.runtime.precision, suite.runtime.channels_last,
+                            dataset=suite.dataset)
+        m = make_method(method, ctx, cfg["params"])
+        base.update(student_macs=macs, data_free=m.data_free,
+                    precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last)
+        rd.write_summary({**base, "status": "running"})
+        m.setup()
+        resume = load_resume_state(rd, fp, progress.log)
+        rows = list(resume["history"]) if resume else []
+
+        def on_eval(row):
+            rows.append(row)
+            rd.write_metrics(rows)
+            progress.on_eval(row)
+
+        progress.start_run(f"{method} seed {seed}", suite.budget.iterations, resume["iteration"] if resume else 0)
+        result = run_loop(m, test, suite.budget.iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
+                          resume_state=resume, on_eval=on_eval, on_progress=progress.update_run, fingerprint=fp)
+        atomic_torch_save({k: v.detach().cpu() for k, v in result.student.state_dict().items()}, rd.student)
+        best_row = max(result.history, key=lambda r: r["test_acc"])
+        summary = {**base, "status": "done", "best_acc": result.best_acc, "final_acc": result.final_acc,
+                   "best_iteration": best_row["iteration"], "iterations": result.iterations,
+                   "wall_time_s": round(result.wall_time_s, 2), "train_time_s": round(result.train_time_s, 2),
+                   "s_per_iter": round(result.train_time_s / max(1, result.iterations - result.resumed_from), 4)
+                   if not result.resumed_from else None, "resumed_from": result.resumed_from}
+        rd.write_summary(summary)
+        progress.end_run("done", f"best {result.best_acc:.4f}, final {result.final_acc:.4f}, "
+                                 f"{result.wall_time_s:.0f}s")
+        return summary
+    except KeyboardInterrupt:
+        rd.write_summary({**base, "status": "interrupted", "wall_time_s": round(time.perf_counter() - t0, 2)})
+        raise
+    except Exception as e:
+        reason = str(e).splitlines()[0] if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}".splitlines()[0]
+        if not isinstance(e, HarnessError):
+            (rd.path / "error.log").write_text(traceback.format_exc())
+        rd.write_summary({**base, "status": "failed", "reason": reason,
+                          "wall_time_s": round(time.perf_counter() - t0, 2)})
+        progress.end_run("FAILED", reason)
+        return None
+
+
+def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
+              progress: SuiteProgress | None = None) -> SuiteOutcome:
+    store = Store(runs_dir, suite.name)
+    store.ensure_writable()
+    check_finished_runs(suite, store, force)
+    env.set_threads(suite.runtime.threads)
+    env.set_determinism(suite.runtime.deterministic)
+    device = env.resolve_device(suite.runtime.device)
+    runs = planned_runs(suite)
+    progress = progress or SuiteProgress(len(runs))
+    outcome = SuiteOutcome()
+    with progress:
+        progress.log(f"suite {suite.name} (profile {suite.profile}) on {env.device_name(device)}: "
+                     f"{len(runs)} runs into {store.dir}")
+        teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
+        progress.log(f"teacher {suite.teacher.model.name}: test acc {teacher.acc:.4f} ({teacher.source})")
+        test = get_dataset(suite.dataset).load("test")
+        for method, seed in runs:
+            rd = store.run(method, seed)
+            if rd.is_done() and not force:
+                outcome.skipped.append((method, seed))
+                progress.done += 1
+                progress.log(f"  {method} seed {seed}: already done (best {rd.summary()['best_acc']:.4f}), skipped")
+                continue
+            if force and rd.checkpoint.exists():
+                rd.checkpoint.unlink()
+            summary = execute_run(suite, method, seed, rd, teacher, test, device, progress)
+            if summary is None:
+                outcome.failed.append((method, seed, rd.summary().get("reason", "")))
+            else:
+                outcome.done.append((method, seed))
+    return outcome

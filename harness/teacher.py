@@ -1,0 +1,164 @@
+"""Teachers: trained by the harness with a recorded recipe and cached by (dataset, model, recipe),
+or loaded from a user's checkpoint (weights only: pickled code is never run)."""
+from __future__ import annotations
+
+import math
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import env
+from .config import Suite, TeacherCfg, config_hash
+from .data import DatasetSpec, ImageTensors, TensorBatches, get_dataset
+from .errors import HarnessError
+from .loop import evaluate
+from .method import schedule_factor
+from .models import build_model
+from .store import atomic_torch_save, read_json, write_json
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    acc: float
+    source: str  # "trained" | "cached" | "checkpoint"
+    path: Path
+    info: dict
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_teacher_model(cfg: TeacherCfg, spec_shape, num_classes) -> nn.Module:
+    return build_model(cfg.model.name, num_classes=num_classes, in_channels=spec_shape[0], **cfg.model.kwargs)
+
+
+def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkpoint") -> nn.Module:
+    """Load a state_dict (or {'state_dict'|'model': ...}) with weights_only=True; one-line errors."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HarnessError(f"{what} {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise HarnessError(f"{what} {path} carries pickled code or objects, refused "
+                               f"(only plain weights are loaded, never executed)") from None
+        raise HarnessError(f"{what} {path} is not a torch file ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise HarnessError(f"{what} {path} is not a torch file ({str(e).splitlines()[0][:120]})") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise HarnessError(f"{what} {path} holds no state_dict of tensors")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(obj))
+    extra = sorted(set(obj) - set(expected))
+    wrong = [k for k in expected if k in obj and obj[k].shape != expected[k].shape]
+    if missing or extra or wrong:
+        detail = (f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else
+                  f"{len(extra)} unexpected keys (e.g. {extra[0]})" if extra else
+                  f"{wrong[0]} has shape {tuple(obj[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
+        raise HarnessError(f"{what} {path} does not fit {type(model).__name__}: {detail}")
+    model.load_state_dict(obj)
+    return model
+
+
+def teacher_key(suite: Suite) -> dict:
+    t = suite.teacher
+    return {"dataset": suite.dataset, "model": t.model.model_dump(mode="json"), "recipe": t.recipe.model_dump(mode="json")}
+
+
+def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print) -> tuple[nn.Module, float, float]:
+    """Supervised training with the recipe; returns (model, test accuracy, seconds)."""
+    torch.manual_seed(recipe.seed)
+    precision = env.resolve_precision(recipe.precision, device)
+    train, test = spec.load("train"), spec.load("test")
+    if recipe.train_subset:
+        train = ImageTensors(train.x[: recipe.train_subset], train.y[: recipe.train_subset], train.mean, train.std)
+    augment = spec.augment if recipe.augment in (None, True) else "none"
+    if recipe.augment is True and augment == "none":
+        augment = "crop_flip"
+    batches = TensorBatches(train, recipe.batch_size, device, seed=recipe.seed, augment=augment)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    model = model.to(device).train()
+    params = model.parameters()
+    if recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                              nesterov=recipe.momentum > 0)
+    else:
+        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total, pct_start=0.25)
+    else:
+        fracs = [m / recipe.epochs for m in recipe.milestones]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(recipe.schedule, total, fracs, recipe.gamma))
+    autocast = (lambda: torch.autocast(device.type, dtype=precision)) if precision else None
+    t0 = time.perf_counter()
+    for epoch in range(recipe.epochs):
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(steps_per_epoch):
+            x, y = next(batches)
+            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+                loss = F.cross_entropy(model(x).float(), y, label_smoothing=recipe.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach()
+        acc = evaluate(model, test, device, autocast)
+        log(f"teacher epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
+            f"test acc {acc:.4f}, {time.perf_counter() - t0:.0f}s")
+    return model, acc, time.perf_counter() - t0
+
+
+def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print) -> Teacher:
+    spec = get_dataset(suite.dataset)
+    model = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
+    suite_record = Path(runs_dir) / suite.name / "teacher" / "summary.json"
+    if suite.teacher.checkpoint:
+        path = Path(suite.teacher.checkpoint).expanduser()
+        load_weights(model, path)
+        model = freeze(model.to(device))
+        acc = evaluate(model, spec.load("test"), device)
+        info = {"source": "checkpoint", "path": str(path.resolve()), "test_acc": acc, "model": suite.teacher.model.name,
+                "dataset": suite.dataset}
+        write_json(suite_record, info)
+        return Teacher(model, acc, "checkpoint", path, info)
+
+    key = teacher_key(suite)
+    cache = Path(runs_dir) / "teachers" / f"{suite.dataset}-{suite.teacher.model.name}-{config_hash(key, ignore=())}"
+    weights, meta_path = cache / "teacher.pt", cache / "summary.json"
+    meta = read_json(meta_path)
+    if meta and weights.is_file():
+        try:
+            load_weights(model, weights, "cached teacher")
+            log(f"teacher: reusing {cache} (test acc {meta['test_acc']:.4f})")
+            model = freeze(model.to(device))
+            write_json(suite_record, {**meta, "source": "cached", "path": str(weights.resolve())})
+            return Teacher(model, meta["test_acc"], "cached", weights, meta)
+        except HarnessError as e:
+            log(f"warning: {e}; training the teacher again")
+    log(f"teacher: training {suite.teacher.model.name} on {suite.dataset} ({suite.teacher.recipe.epochs} epochs)")
+    model, acc, seconds = train_teacher(model, spec, suite.teacher.recipe, device, log)
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    meta = {**key, "test_acc": acc, "wall_time_s": round(seconds, 1), "device": env.device_name(device),
+            "git_commit": env.git_commit(), "versions": env.versions(), "source": "trained"}
+    write_json(meta_path, meta)
+    write_json(suite_record, {**meta, "path": str(weights.resolve())})
+    return Teacher(freeze(model), acc, "trained", weights, meta)
