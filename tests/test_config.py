@@ -1,0 +1,86 @@
+import pytest
+
+from harness.config import list_suites, load_suite, parse_override
+from harness.errors import HarnessError
+
+# Official script defaults (../shared/reference/dfad-paper.md, "Hyperparameters").
+OFFICIAL = {
+    "mnist": dict(batch_size=512, iterations=2000, lr_S=0.01, weight_decay=1e-4, lr_G=1e-3, nz=100,
+                  schedule="none", milestones=[]),
+    "cifar10": dict(batch_size=256, iterations=25000, lr_S=0.1, weight_decay=5e-4, lr_G=1e-3, nz=256,
+                    schedule="multistep", milestones=[0.2, 0.4]),
+}
+
+
+@pytest.mark.parametrize("suite", list_suites())
+def test_every_suite_and_profile_validates(suite):
+    from harness.config import read_yaml, suite_path
+
+    for profile in ["paper", *(read_yaml(suite_path(suite)).get("profiles") or {})]:
+        s = load_suite(suite, profile)
+        assert s.profile == profile and s.methods
+
+
+@pytest.mark.parametrize("suite", sorted(OFFICIAL))
+def test_paper_profile_carries_official_hyperparameters(suite):
+    s = load_suite(suite, "paper")
+    ref = OFFICIAL[suite]
+    dfad = s.method_params("dfad")
+    assert s.budget.iterations == ref["iterations"]
+    assert s.budget.eval_every == 50
+    assert dfad.k == 5 and dfad.loss == "mae" and dfad.gen_objective == "neg"
+    assert dfad.momentum == 0.9
+    for key in ("batch_size", "lr_S", "weight_decay", "lr_G", "nz", "schedule", "milestones"):
+        assert getattr(dfad, key) == ref[key], key
+    if suite == "cifar10":
+        assert dfad.gamma == 0.1
+        assert s.teacher.model.name == "resnet34_8x" and s.student.name == "resnet18_8x"
+    else:
+        assert s.teacher.model.name == "lenet5" and s.student.name == "lenet5_half"
+
+
+def test_profile_overlays_and_overrides():
+    s = load_suite("mnist", "quick", ["budget.iterations=123", "methods.dfad.lr_G=0.5", "teacher.checkpoint=/x.pt"])
+    assert s.budget.iterations == 123
+    assert s.method_params("dfad").lr_G == 0.5
+    assert s.teacher.checkpoint == "/x.pt"
+    assert load_suite("mnist", "paper").method_params("dfad").batch_size == 512
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("budget.iteratons=5", "budget.iteratons: unknown key"),
+    ("budget.iterations=abc", "budget.iterations"),
+    ("budget.iterations=0", "greater than 0"),
+    ("methods.dfad.lr_S=-1", "methods.dfad.lr_S"),
+    ("methods.dfad.batch_size=0", "methods.dfad.batch_size"),
+    ("methods.dfad.bogus=1", "methods.dfad.bogus: unknown key"),
+    ("methods.dfadd.lr_S=1", "did you mean 'dfad'"),
+    ("dataset=mnits", "did you mean 'mnist'"),
+    ("student.name=lenet", "unknown model"),
+    ("noequals", "not key.path=value"),
+])
+def test_bad_config_is_one_line_error_naming_it(override, fragment):
+    with pytest.raises(HarnessError) as e:
+        load_suite("mnist", "quick", [override])
+    msg = str(e.value)
+    assert fragment in msg and "\n" not in msg
+
+
+def test_unknown_suite_and_profile_suggest():
+    with pytest.raises(HarnessError, match="did you mean 'mnist'"):
+        load_suite("mnsit")
+    with pytest.raises(HarnessError, match="did you mean 'quick'"):
+        load_suite("mnist", "quik")
+
+
+def test_malformed_yaml(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("dataset: mnist\n  teacher: [\n")
+    with pytest.raises(HarnessError, match="malformed YAML"):
+        load_suite(str(p))
+
+
+def test_override_values_are_typed():
+    assert parse_override("a.b=0.5") == (["a", "b"], 0.5)
+    assert parse_override("a=[1,2]") == (["a"], [1, 2])
+    assert parse_override("a=hello") == (["a"], "hello")

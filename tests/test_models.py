@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from harness.models import GeneratorA, build_model, count_macs, human_macs
+
+# The paper's "FLOPs" column (multiply-accumulates). LeNet's published figure also counts
+# pooling/activations, which conv+linear MACs leave out: hence the 5% tolerance.
+PAPER_MACS = [
+    ("lenet5", (1, 32, 32), 433e3),
+    ("lenet5_half", (1, 32, 32), 139e3),
+    ("resnet34_8x", (3, 32, 32), 1.16e9),
+    ("resnet18_8x", (3, 32, 32), 557e6),
+]
+
+
+@pytest.mark.parametrize("name,shape,paper", PAPER_MACS)
+def test_macs_match_paper(name, shape, paper):
+    model = build_model(name, num_classes=10, in_channels=shape[0])
+    macs = count_macs(model, shape)
+    assert abs(macs - paper) / paper < 0.05, (name, macs, paper)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (3, 32, 32), (3, 28, 28), (2, 20, 36)])
+def test_generator_adapts_to_input_shape(shape):
+    g = GeneratorA(nz=16, ngf=8, input_shape=shape)
+    out = g(torch.randn(4, 16))
+    assert out.shape == (4, *shape)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_half", "resnet8", "resnet18_8x"])
+def test_features_come_from_the_same_forward(name):
+    shape = (1, 32, 32) if name.startswith("lenet") else (3, 32, 32)
+    model = build_model(name, num_classes=7, in_channels=shape[0]).eval()
+    x = torch.randn(3, *shape)
+    logits, feats = model(x, return_features=True)
+    assert logits.shape == (3, 7)
+    torch.testing.assert_close(logits, model(x))
+    assert feats["penultimate"].shape[0] == 3
+    if name.startswith("resnet"):
+        assert len(feats["stages"]) >= 3
+
+
+def test_human_macs():
+    assert human_macs(139_000) == "139K"
+    assert human_macs(557e6) == "557M"
+    assert human_macs(1.16e9) == "1.16G"
