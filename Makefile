@@ -7,10 +7,12 @@ SEEDS   ?=
 RUNS    ?= runs
 ARGS    ?=
 export DFAD_DATA ?= $(CURDIR)/data
+# Offline machines carry the datasets as archives beside the checkout; elsewhere torchvision downloads.
+SHARED_DATA ?= $(abspath $(CURDIR)/../shared/data)
 
 RUN_FLAGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(SEEDS),--seeds $(SEEDS)) --runs-dir $(RUNS) $(ARGS)
 
-.PHONY: setup test test-slow benchmark-mnist benchmark-cifar10 benchmark-cifar100 report clean-venv
+.PHONY: data setup test test-slow benchmark-mnist benchmark-cifar10 benchmark-cifar100 report clean-venv
 
 setup: $(VENV)/.installed
 
@@ -20,19 +22,23 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+data:
+	@if [ ! -d "$(DFAD_DATA)/MNIST/raw" ] && [ -x "$(SHARED_DATA)/prepare.sh" ]; then \
+		"$(SHARED_DATA)/prepare.sh" "$(DFAD_DATA)"; fi
+
 test: setup
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-benchmark-mnist: setup
+benchmark-mnist: setup data
 	$(BIN)/dfad-bench run mnist $(RUN_FLAGS)
 
-benchmark-cifar10: setup
+benchmark-cifar10: setup data
 	$(BIN)/dfad-bench run cifar10 $(RUN_FLAGS)
 
-benchmark-cifar100: setup
+benchmark-cifar100: setup data
 	$(BIN)/dfad-bench run cifar100 $(RUN_FLAGS)
 
 # make report SUITE=mnist
