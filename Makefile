@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data:
-	@if [ ! -d "$(DFAD_DATA)/MNIST/raw" ] && [ -x "$(SHARED_DATA)/prepare.sh" ]; then \
+	@if [ ! -f "$(DFAD_DATA)/MNIST/raw/train-images-idx3-ubyte" ] && [ -x "$(SHARED_DATA)/prepare.sh" ]; then \
 		"$(SHARED_DATA)/prepare.sh" "$(DFAD_DATA)"; fi
 
 test: setup
