@@ -12,7 +12,7 @@ from . import env
 from .api import build_context, make_method
 from .config import Suite, config_hash
 from .data import get_dataset
-from .errors import HarnessError
+from .errors import HarnessError, MissingDataError
 from .loop import CHECKPOINT_VERSION, run_loop
 from .models import build_model, count_macs
 from .progress import SuiteProgress
@@ -63,7 +63,22 @@ def load_resume_state(rd: RunDir, fingerprint: str, log) -> dict | None:
         return None
 
 
-def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test, device, progress: SuiteProgress):
+class RunCallback:
+    """Observers of a run (tracking, tuning): the local store stays the source of truth."""
+
+    def on_run_start(self, rd: RunDir, config: dict, summary: dict) -> dict:
+        """Called before training; returns fields to add to summary.json (e.g. a tracker's run id)."""
+        return {}
+
+    def on_eval(self, row: dict, method) -> None:
+        pass
+
+    def on_run_end(self, summary: dict) -> None:
+        pass
+
+
+def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test, device, progress: SuiteProgress,
+                callbacks: list[RunCallback] = ()):
     cfg = suite.run_config(method, seed)
     fp = config_hash(cfg)
     rd.path.mkdir(parents=True, exist_ok=True)
@@ -83,15 +98,19 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         m = make_method(method, ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last)
-        rd.write_summary({**base, "status": "running"})
         m.setup()
         resume = load_resume_state(rd, fp, progress.log)
         rows = list(resume["history"]) if resume else []
+        for cb in callbacks:
+            base.update(cb.on_run_start(rd, cfg, base) or {})
+        rd.write_summary({**base, "status": "running"})
 
         def on_eval(row):
             rows.append(row)
             rd.write_metrics(rows)
             progress.on_eval(row)
+            for cb in callbacks:
+                cb.on_eval(row, m)
 
         progress.start_run(f"{method} seed {seed}", suite.budget.iterations, resume["iteration"] if resume else 0)
         result = run_loop(m, test, suite.budget.iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
@@ -104,6 +123,8 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                    "s_per_iter": round(result.train_time_s / max(1, result.iterations - result.resumed_from), 4)
                    if not result.resumed_from else None, "resumed_from": result.resumed_from}
         rd.write_summary(summary)
+        for cb in callbacks:
+            cb.on_run_end(summary)
         progress.end_run("done", f"best {result.best_acc:.4f}, final {result.final_acc:.4f}, "
                                  f"{result.wall_time_s:.0f}s")
         return summary
@@ -114,14 +135,20 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         reason = str(e).splitlines()[0] if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}".splitlines()[0]
         if not isinstance(e, HarnessError):
             (rd.path / "error.log").write_text(traceback.format_exc())
-        rd.write_summary({**base, "status": "failed", "reason": reason,
-                          "wall_time_s": round(time.perf_counter() - t0, 2)})
+        failed = {**base, "status": "failed", "reason": reason, "unavailable": isinstance(e, MissingDataError),
+                  "wall_time_s": round(time.perf_counter() - t0, 2)}
+        rd.write_summary(failed)
+        for cb in callbacks:
+            try:
+                cb.on_run_end(failed)
+            except Exception:
+                pass
         progress.end_run("FAILED", reason)
         return None
 
 
 def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
-              progress: SuiteProgress | None = None) -> SuiteOutcome:
+              progress: SuiteProgress | None = None, callbacks: list[RunCallback] = ()) -> SuiteOutcome:
     store = Store(runs_dir, suite.name)
     store.ensure_writable()
     check_finished_runs(suite, store, force)
@@ -146,7 +173,7 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
                 continue
             if force and rd.checkpoint.exists():
                 rd.checkpoint.unlink()
-            summary = execute_run(suite, method, seed, rd, teacher, test, device, progress)
+            summary = execute_run(suite, method, seed, rd, teacher, test, device, progress, callbacks)
             if summary is None:
                 outcome.failed.append((method, seed, rd.summary().get("reason", "")))
             else:
