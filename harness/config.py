@@ -94,8 +94,14 @@ class Suite(Strict):
         DATASETS.get(v)
         return v
 
+    def method_class(self, name: str):
+        """A methods entry is a registered method, or a variant label with `method: <registered name>`."""
+        return METHODS.get(method_of(name, self.methods.get(name)))
+
     def method_params(self, name: str):
-        return METHODS.get(name).Params(**(self.methods.get(name) or {}))
+        entry = dict(self.methods.get(name) or {})
+        entry.pop("method", None)
+        return self.method_class(name).Params(**entry)
 
     def method_names(self) -> list[str]:
         return list(self.methods)
@@ -104,7 +110,14 @@ class Suite(Strict):
         """The resolved config of one run: what config.yaml holds and what identifies the run."""
         d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "notes", "description"})
         d.update(method=method, seed=seed, params=self.method_params(method).model_dump(mode="json"))
+        cls = method_of(method, self.methods.get(method))
+        if cls != method:  # a variant: record which registered method runs it
+            d["method_class"] = cls
         return d
+
+
+def method_of(label: str, entry: dict | None) -> str:
+    return (entry or {}).get("method", label) if isinstance(entry, dict) else label
 
 
 def config_hash(d: dict, ignore=("runtime",)) -> str:
@@ -208,7 +221,8 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     if methods:
         known = raw.get("methods") or {}
         for m in methods:
-            METHODS.get(m)
+            if m not in known:
+                METHODS.get(m)
         raw["methods"] = {m: known.get(m, {}) for m in methods}
     if seeds is not None:
         raw["seeds"] = list(seeds)
@@ -224,7 +238,7 @@ def validate(raw: dict, source: str = "suite") -> Suite:
             if params is not None and not isinstance(params, dict):
                 raise HarnessError(f"methods.{name}: expected a mapping of hyperparameters, got {params!r}")
             try:
-                METHODS.get(name).Params(**(params or {}))
+                suite.method_params(name)
             except ValidationError as e:
                 raise HarnessError(f"{source}: {one_line(e, prefix=f'methods.{name}.')}") from None
         return suite

@@ -1,5 +1,7 @@
-"""One file per method; importing this package registers them all."""
+"""One file per method; importing this package registers every module in it."""
+import pkgutil
 from importlib import import_module
 
-for _name in ("kd_ori", "dfad"):
-    import_module(f"{__name__}.{_name}")
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        import_module(f"{__name__}.{_info.name}")
