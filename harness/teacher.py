@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import pickle
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +54,9 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkp
             raise HarnessError(f"{what} {path} carries pickled code or objects, refused "
                                f"(only plain weights are loaded, never executed)") from None
         raise HarnessError(f"{what} {path} is not a torch file ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        raise HarnessError(f"{what} {path} is not a torch file ({str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # torch raises many kinds for a file that is not its own format
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise HarnessError(f"{what} {path} is not a torch file ({type(e).__name__}: {first})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):

@@ -1,0 +1,77 @@
+"""End to end through the console script on real MNIST from DFAD_DATA: smoke profile, then a rerun
+that trains nothing; bad input exits non-zero with one line."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+CLI = [sys.executable, "-m", "harness.cli"]
+
+
+def cli(*args, env=None, cwd=None):
+    e = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e, cwd=cwd or REPO, timeout=600)
+
+
+def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
+    runs = tmp_path / "runs"
+    r = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), env={"DFAD_DATA": str(mnist_data)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    for method in ("kd_ori", "dfad"):
+        rd = runs / "mnist" / method / "seed-0"
+        s = json.loads((rd / "summary.json").read_text())
+        assert s["status"] == "done"
+        for key in ("best_acc", "final_acc", "iterations", "wall_time_s", "device", "student_macs", "teacher_acc",
+                    "git_commit", "versions"):
+            assert key in s, key
+        assert s["iterations"] == 20 and 0 <= s["final_acc"] <= s["best_acc"] <= 1
+        assert (rd / "config.yaml").is_file() and (rd / "checkpoint.pt").is_file() and (rd / "student.pt").is_file()
+        header, *rows = (rd / "metrics.csv").read_text().splitlines()
+        assert header.startswith("iteration,test_acc,elapsed_s") and len(rows) == 2
+    report = runs / "mnist" / "report"
+    assert {p.name for p in report.glob("table.*")} >= {"table.md", "table.tex", "table.csv"}
+    assert "DFAD" in (report / "table.md").read_text()
+
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")}
+    again = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), env={"DFAD_DATA": str(mnist_data)})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "training" not in again.stdout and again.stdout.count("already done") == 2
+    assert stamps == {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")}
+
+    # a finished run is never silently reused under another config
+    changed = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), "budget.iterations=30",
+                  env={"DFAD_DATA": str(mnist_data)})
+    assert changed.returncode != 0 and "different config" in changed.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "mnsit"], "did you mean 'mnist'"),
+    (["run", "mnist", "--profile", "smoke", "budget.iterations=-3"], "budget.iterations"),
+    (["run", "mnist", "--profile", "smoke", "--seeds", "a,b"], "--seeds"),
+    (["run", "mnist", "--profile", "smoke", "--methods", "dfda"], "did you mean 'dfad'"),
+    (["validate", "mnist", "methods.dfad.lr_S=-1"], "methods.dfad.lr_S"),
+])
+def test_bad_input_is_one_line_nonzero(tmp_path, args, fragment):
+    r = cli(*args, "--runs-dir", str(tmp_path)) if args[0] == "run" else cli(*args)
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_missing_data_names_where_it_looked(tmp_path):
+    r = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(tmp_path / "r"),
+            env={"DFAD_DATA": str(tmp_path / "nodata"), "DFAD_DOWNLOAD": "0"})
+    assert r.returncode != 0
+    assert "error: dataset 'mnist' not found under" in r.stderr and str(tmp_path / "nodata") in r.stderr
+
+
+def test_ls_and_validate():
+    r = cli("ls")
+    assert r.returncode == 0 and "dfad" in r.stdout and "mnist" in r.stdout and "lenet5_half" in r.stdout
+    v = cli("validate", "mnist")
+    assert v.returncode == 0 and v.stdout.count("ok:") == 3
