@@ -41,6 +41,20 @@ benchmark-cifar10: setup data
 benchmark-cifar100: setup data
 	$(BIN)/dfad-bench run cifar100 $(RUN_FLAGS)
 
+# The DFAD loss ablation (MAE / MSE / KLD, MNIST), then its table (and curves, from the reports).
+.PHONY: ablation-mnist
+ablation-mnist: setup data
+	$(BIN)/dfad-bench run ablation-loss $(RUN_FLAGS)
+	$(BIN)/dfad-bench report ablation-loss --runs-dir $(RUNS)
+
+# Two tune workers against a real PostgreSQL server on loopback (Debian's package, installed if missing).
+.PHONY: test-distributed
+test-distributed: setup
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+	$(BIN)/pip install -q -e '.[test,distributed]'
+	$(BIN)/python -m pytest -q -m distributed tests/test_distributed.py
+
 # make report SUITE=mnist
 SUITE ?= mnist
 report: setup

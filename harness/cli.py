@@ -69,12 +69,19 @@ def run(suite: str = typer.Argument(..., help="suite name in benchmarks/ or path
         seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default: the suite's)"),
         runs_dir: Path = RUNS_DIR, force: bool = typer.Option(False, "--force", help="redo finished runs"),
         params: Optional[Path] = typer.Option(None, "--params", help="YAML overlay of parameters (from tune)"),
-        report: bool = typer.Option(True, "--report/--no-report", help="write and print the table at the end")):
+        report: bool = typer.Option(True, "--report/--no-report", help="write and print the table at the end"),
+        launcher: Optional[str] = typer.Option(None, "--launcher", help="slurm | local: submit runs as a job array")):
     """Train (or reuse) the teacher, run every method x seed, then table the results."""
     from .runner import run_suite
+    from .tracking import trackers
 
     s = _load(suite, profile, overrides, methods, seeds, str(params) if params else None)
-    outcome = run_suite(s, runs_dir, force)
+    if launcher:
+        from .launch import launch
+
+        outcome = launch(s, runs_dir, force, launcher, log=lambda m: typer.echo(m, err=True))
+    else:
+        outcome = run_suite(s, runs_dir, force, callbacks=trackers(s, runs_dir))
     if report:
         _report(s, runs_dir)
     if outcome.failed:
@@ -91,15 +98,62 @@ def _report(s, runs_dir, metric="best"):
 
 @app.command()
 @guarded
-def report(suite: str = typer.Argument(...), runs_dir: Path = RUNS_DIR, profile: Optional[str] = PROFILE,
-           metric: str = typer.Option("best", "--metric", help="best | final")):
-    """Write <runs-dir>/<suite>/report/table.{md,tex,csv} from the stored runs."""
-    if metric not in ("best", "final"):
-        raise HarnessError(f"--metric {metric!r}: choose best or final")
-    s = _load(suite, profile or _stored_profile(suite, runs_dir), [], announce=False)
+def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (names or files); several give one "
+                                                                  "table with a column group per dataset"),
+           runs_dir: Path = RUNS_DIR, profile: Optional[str] = PROFILE,
+           paper_table: Optional[str] = typer.Option(None, "--paper-table", help="cls | seg: the paper's Table 2 "
+                                                     "or 3, over the suites named after its datasets"),
+           metric: str = typer.Option("best", "--metric", help="best | final"),
+           fmt: str = typer.Option("md", "--format", help="what to print: latex | md | csv | html"),
+           with_paper: bool = typer.Option(False, "--with-paper", help="show the paper's values beside ours"),
+           paper_as: str = typer.Option("under", "--paper-as", help="under (a row under ours) | delta (a column)"),
+           ablation: bool = typer.Option(False, "--ablation", help="the loss-ablation table of these suites"),
+           plots: bool = typer.Option(True, "--plots/--no-plots", help="figures and report.md (one suite)")):
+    """Render stored runs: tables (md, tex, csv, html), figures and report.md. Never trains."""
+    from reports.build import multi_table, suite_report, write_multi
+    from reports.table import PAPER_TABLES, render
+
+    for opt, val, ok in (("--metric", metric, ("best", "final")), ("--format", fmt, ("latex", "md", "csv", "html")),
+                         ("--paper-as", paper_as, ("under", "delta")), ("--paper-table", paper_table or "cls",
+                                                                        tuple(PAPER_TABLES))):
+        if val not in ok:
+            raise HarnessError(f"{opt} {val!r}: choose {' or '.join(ok)}")
+    if bool(paper_table) == bool(suites):
+        raise HarnessError("give suites, or --paper-table cls|seg (not both)")
+    names = PAPER_TABLES[paper_table] if paper_table else list(suites)
+    loaded = [_report_suite(n, runs_dir, profile, optional=bool(paper_table)) for n in names]
+    paper = paper_as if with_paper else None
+    if len(loaded) == 1 and not paper_table:
+        s = loaded[0]
+        if plots:
+            typer.echo(f"wrote {suite_report(s, runs_dir, metric, paper)}", err=True)
+        else:
+            from reports.table import write_report
+
+            write_report(s, runs_dir, metric, paper)
+    t = multi_table(loaded, [s.dataset if s else n for s, n in zip(loaded, names)], runs_dir, metric,
+                    paper_rows=bool(paper_table), ablation=ablation)
+    if len(loaded) > 1 or paper_table or ablation:
+        stem = (f"paper-table-{paper_table}" if paper_table else
+                ("ablation-" if ablation else "table-") + "+".join(s.name for s in loaded if s))
+        out = write_multi(t, runs_dir, stem, paper, [s for s in loaded if s], ablation)
+        typer.echo(f"wrote {out}/{stem}.{{md,tex,csv,html}} and {stem}-standalone.tex", err=True)
+    typer.echo(render(t, fmt, paper))
+
+
+def _report_suite(name: str, runs_dir: Path, profile: str | None, optional: bool):
+    """A suite loaded with the profile its runs were stored under; None for a paper-table dataset with no
+    suite file or no runs (its column shows n/a)."""
+    from .config import BENCHMARKS_DIR
+
+    if optional and not (BENCHMARKS_DIR / f"{name}.yaml").is_file():
+        return None
+    s = _load(name, profile or _stored_profile(name, runs_dir), [], announce=False)
     if not (runs_dir / s.name).is_dir():
+        if optional:
+            return s
         raise HarnessError(f"no runs of suite {s.name!r} under {runs_dir}")
-    _report(s, runs_dir, metric)
+    return s
 
 
 def _stored_profile(suite: str, runs_dir: Path) -> str | None:
@@ -154,6 +208,10 @@ def ls():
     for title, names in (("suites", list_suites()), ("datasets", DATASETS.names()), ("models", MODELS.names()),
                          ("methods", METHODS.names())):
         typer.echo(f"{title}: {', '.join(names)}")
+
+
+from .tune import tune_command  # noqa: E402  (tune.py imports cli only inside the command: no cycle)
+app.command("tune")(tune_command)
 
 
 def main():

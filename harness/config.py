@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import HarnessError
 from .registry import DATASETS, METHODS, MODELS, unknown
@@ -63,6 +63,8 @@ class TeacherCfg(Strict):
 class BudgetCfg(Strict):
     iterations: int = Field(gt=0)
     eval_every: int = Field(50, gt=0)  # the official "epoch" is 50 iterations
+    # fail a run whose test accuracy sits at chance for this many evaluations in a row (None: never)
+    chance_evals: Optional[int] = Field(None, gt=0)
 
 
 class RuntimeCfg(Strict):
@@ -72,6 +74,42 @@ class RuntimeCfg(Strict):
     threads: Optional[int] = Field(None, gt=0)
     deterministic: bool = False
     compile: bool = False
+
+
+class WandbCfg(Strict):
+    mode: Optional[Literal["offline", "online", "disabled"]] = None  # None: $WANDB_MODE, else offline
+    project: Optional[str] = None  # None: dfad-bench
+    entity: Optional[str] = None
+    sample_every: int = Field(5, gt=0)  # evaluations between grids of generated samples
+    samples: int = Field(64, gt=0)
+
+
+class TrackingCfg(Strict):
+    wandb: WandbCfg = Field(default_factory=WandbCfg)
+
+
+class SearchParam(Strict):
+    """One dimension of a method's search space: a range (low, high[, log, step]) or a list of choices."""
+
+    low: Optional[int | float] = None  # ints (1, 10) search integers, floats (1.0, 8.0) reals
+    high: Optional[int | float] = None
+    log: bool = False
+    step: Optional[int | float] = Field(None, gt=0)
+    choices: Optional[list[Any]] = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either low and high, or choices")
+        if self.choices is None and not self.low < self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        if self.log and (self.choices is not None or self.low <= 0 or self.step is not None):
+            raise ValueError("log ranges need low > 0 and no step")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return self.choices is None and all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
 
 
 class Suite(Strict):
@@ -87,6 +125,8 @@ class Suite(Strict):
     runtime: RuntimeCfg = Field(default_factory=RuntimeCfg)
     paper: dict[str, float] = Field(default_factory=dict)  # the paper's numbers, beside ours in reports
     notes: dict[str, str] = Field(default_factory=dict)  # per profile: what was scaled and why
+    tracking: TrackingCfg = Field(default_factory=TrackingCfg)
+    search: dict[str, dict[str, SearchParam]] = Field(default_factory=dict)  # per method, for `tune`
 
     @field_validator("dataset")
     @classmethod
@@ -108,7 +148,8 @@ class Suite(Strict):
 
     def run_config(self, method: str, seed: int) -> dict:
         """The resolved config of one run: what config.yaml holds and what identifies the run."""
-        d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "notes", "description"})
+        d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "notes", "description",
+                                                            "tracking", "search"})
         d.update(method=method, seed=seed, params=self.method_params(method).model_dump(mode="json"))
         cls = method_of(method, self.methods.get(method))
         if cls != method:  # a variant: record which registered method runs it
@@ -241,12 +282,31 @@ def validate(raw: dict, source: str = "suite") -> Suite:
                 suite.method_params(name)
             except ValidationError as e:
                 raise HarnessError(f"{source}: {one_line(e, prefix=f'methods.{name}.')}") from None
+        check_search(suite)
         return suite
     except ValidationError as e:
         raise HarnessError(f"{source}: {one_line(e)}") from None
     except HarnessError as e:
         msg = str(e)
         raise HarnessError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def check_search(suite: Suite) -> None:
+    """Every searched name is a hyperparameter of its method, and every bound or choice a valid value."""
+    for name, space in suite.search.items():
+        if name not in suite.methods:
+            continue  # a search for a method this run leaves out (--methods) is not an error
+        base = dict(suite.methods.get(name) or {})
+        base.pop("method", None)
+        fields = suite.method_class(name).Params.model_fields
+        for key, sp in space.items():
+            if key not in fields:
+                raise HarnessError(f"search.{name}.{key}: not a hyperparameter of {name} ({', '.join(fields)})")
+            for v in sp.choices if sp.choices is not None else (sp.low, sp.high):
+                try:
+                    suite.method_class(name).Params(**{**base, key: v})
+                except ValidationError as e:
+                    raise HarnessError(f"search.{name}.{key}: {v!r} is not valid ({one_line(e)})") from None
 
 
 def one_line(e: ValidationError, prefix: str = "") -> str:

@@ -13,3 +13,8 @@ class MissingDataError(HarnessError):
 
 class DivergenceError(HarnessError):
     """Training produced NaN/Inf or stayed at chance; the run is recorded as failed."""
+
+
+class NotApplicableError(HarnessError):
+    """The method cannot run on this suite's models (e.g. DFQ-style on a teacher without BatchNorm):
+    the run is recorded failed and unavailable, so tables show n/a rather than a number."""

@@ -5,7 +5,10 @@ Methods only define `step`; everything that makes runs comparable lives here onc
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -64,70 +67,135 @@ def set_rng_state(s: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(s["cuda"], device)
 
 
+class _StopFlag:
+    """SIGINT sets a flag the loop reads between iterations, so a checkpoint is never cut mid-step."""
+
+    def __init__(self):
+        self.raised = False
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.raised:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.raised = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: int,
              checkpoint: Path | None = None, resume_state: dict | None = None,
              on_eval: Callable[[dict], None] | None = None,
              on_progress: Callable[[int, int, float | None], None] | None = None,
-             fingerprint: str = "") -> LoopResult:
-    ctx = method.ctx
-    device = ctx.device
-    test = test.to(device)
-    history: list[dict] = []
-    start_it, prior_time, prior_train = 0, 0.0, 0.0
+             fingerprint: str = "", chance_evals: int | None = None) -> LoopResult:
+    """Run `method` for `iterations`, evaluating on `test` every `eval_every` iterations.
+
+    `chance_evals`: fail the run when that many evaluations in a row sit at chance accuracy.
+    """
+    loop = _Loop(method, test.to(method.ctx.device), iterations, eval_every, checkpoint, fingerprint,
+                 on_eval, on_progress, chance_evals)
     if resume_state is not None:
-        method.load_state_dict(resume_state["method"])
-        set_rng_state(resume_state["rng"], device)
-        history = list(resume_state["history"])
-        start_it = resume_state["iteration"]
-        prior_time, prior_train = resume_state["elapsed_s"], resume_state["train_time_s"]
+        loop.resume(resume_state)
+    return loop.run()
 
-    t0 = time.perf_counter()
-    train_time = prior_train
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    last_acc = history[-1]["test_acc"] if history else None
-    it = start_it
-    tick = time.perf_counter()
-    while it < iterations:
-        losses = method.step(it)
-        for k, v in losses.items():
-            sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
-        count += 1
-        for sched in method.schedulers.values():
+
+class _Loop:
+    def __init__(self, method, test, iterations, eval_every, checkpoint, fingerprint, on_eval, on_progress,
+                 chance_evals):
+        self.method, self.ctx, self.test = method, method.ctx, test
+        self.iterations, self.eval_every = iterations, eval_every
+        self.checkpoint, self.fingerprint = checkpoint, fingerprint
+        self.on_eval, self.on_progress, self.chance_evals = on_eval, on_progress, chance_evals
+        self.history: list[dict] = []
+        self.it = self.start_it = 0
+        self.prior_time = self.train_time = 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def resume(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        set_rng_state(state["rng"], self.ctx.device)
+        self.history = list(state["history"])
+        self.it = self.start_it = state["iteration"]
+        self.prior_time, self.train_time = state["elapsed_s"], state["train_time_s"]
+
+    def elapsed(self) -> float:
+        return self.prior_time + time.perf_counter() - self.t0
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            atomic_torch_save({
+                "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "iteration": self.it,
+                "method": self.method.state_dict(), "rng": rng_state(self.ctx.device), "history": self.history,
+                "elapsed_s": self.elapsed(), "train_time_s": self.train_time,
+            }, self.checkpoint)
+
+    def run(self) -> LoopResult:
+        self.t0 = self.tick = time.perf_counter()
+        with _StopFlag().installed() as stop:
+            while self.it < self.iterations:
+                if stop.raised:  # Ctrl-C: checkpoint between steps, then stop
+                    self.train_time += time.perf_counter() - self.tick
+                    self.save()
+                    raise KeyboardInterrupt
+                self.step()
+        accs = [r["test_acc"] for r in self.history]
+        return LoopResult(
+            best_acc=max(accs) if accs else float("nan"), final_acc=accs[-1] if accs else float("nan"),
+            history=self.history, student=self.ctx.student, iterations=self.it, wall_time_s=self.elapsed(),
+            train_time_s=self.train_time, resumed_from=self.start_it, method=self.method,
+        )
+
+    def step(self) -> None:
+        losses = self.method.step(self.it)
+        for k, v in losses.items():  # summed on the device: no host sync until the evaluation
+            self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float().clone()
+        self.count += 1
+        for sched in self.method.schedulers.values():
             sched.step()
-        it += 1
-        if it % eval_every == 0 or it == iterations:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time += time.perf_counter() - tick
-            means = {k: (v / count).item() for k, v in sums.items()}
-            bad = [k for k, v in means.items() if not math.isfinite(v)]
-            if bad:
-                raise DivergenceError(f"{', '.join(bad)} is not finite at iteration {it}")
-            acc = evaluate(ctx.student, test, device, ctx.autocast, channels_last=ctx.channels_last)
-            row = {"iteration": it, "test_acc": acc, "elapsed_s": round(prior_time + time.perf_counter() - t0, 3),
-                   "train_time_s": round(train_time, 3), **means}
-            for name, opt in method.optimizers.items():
-                row[f"lr_{name}"] = opt.param_groups[0]["lr"]
-            history.append(row)
-            last_acc = acc
-            sums, count = {}, 0
-            if checkpoint is not None:
-                atomic_torch_save({
-                    "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "iteration": it,
-                    "method": method.state_dict(), "rng": rng_state(device), "history": history,
-                    "elapsed_s": row["elapsed_s"], "train_time_s": train_time,
-                }, checkpoint)
-            if on_eval:
-                on_eval(row)
-            tick = time.perf_counter()
-        if on_progress:
-            on_progress(it, iterations, last_acc)
+        self.it += 1
+        if self.it % self.eval_every == 0 or self.it == self.iterations:
+            self.evaluate()
+        if self.on_progress:
+            self.on_progress(self.it, self.iterations, self.history[-1]["test_acc"] if self.history else None)
 
-    accs = [r["test_acc"] for r in history]
-    return LoopResult(
-        best_acc=max(accs) if accs else float("nan"), final_acc=accs[-1] if accs else float("nan"),
-        history=history, student=ctx.student, iterations=it,
-        wall_time_s=prior_time + time.perf_counter() - t0, train_time_s=train_time,
-        resumed_from=start_it, method=method,
-    )
+    def evaluate(self) -> None:
+        device = self.ctx.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.train_time += time.perf_counter() - self.tick
+        means = {k: (v / self.count).item() for k, v in self.sums.items()}
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            raise DivergenceError(f"{', '.join(bad)} is not finite at iteration {self.it}")
+        acc = evaluate(self.ctx.student, self.test, device, self.ctx.autocast, channels_last=self.ctx.channels_last)
+        row = {"iteration": self.it, "test_acc": acc, "elapsed_s": round(self.elapsed(), 3),
+               "train_time_s": round(self.train_time, 3), **means}
+        for name, opt in self.method.optimizers.items():
+            row[f"lr_{name}"] = opt.param_groups[0]["lr"]
+        self.history.append(row)
+        self.sums, self.count = {}, 0
+        self.save()
+        if self.on_eval:
+            self.on_eval(row)
+        self.check_chance()
+        self.tick = time.perf_counter()
+
+    def check_chance(self) -> None:
+        n = self.chance_evals
+        if not n or len(self.history) < n:
+            return
+        chance = 1.0 / max(1, self.ctx.num_classes)
+        # "at chance": within 1.5x of 1/K, which a student that learned anything leaves quickly
+        if all(r["test_acc"] <= 1.5 * chance for r in self.history[-n:]):
+            raise DivergenceError(f"test accuracy stayed at chance ({chance:.3f}) for {n} evaluations "
+                                  f"(up to iteration {self.it})")

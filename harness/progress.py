@@ -60,7 +60,8 @@ class SuiteProgress:
             self.log(f"  {self._run_label} it {row['iteration']}: test acc {row['test_acc']:.4f} {losses} "
                      f"({row['elapsed_s']:.0f}s)")
 
-    def end_run(self, status: str, detail: str = "") -> None:
+    def end_run(self, status: str, detail: str = "", label: str | None = None) -> None:
+        self._run_label = label or self._run_label
         self.done += 1
         if self._bars:
             self._bars.update(self._suite, completed=self.done)

@@ -1,6 +1,7 @@
 """Runs a suite: the teacher, then every (method, seed) into the store, skipping what is finished."""
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -12,7 +13,8 @@ from . import env
 from .api import build_context, make_method
 from .config import Suite, config_hash
 from .data import get_dataset
-from .errors import HarnessError, MissingDataError
+from .errors import HarnessError, MissingDataError, NotApplicableError
+from .locks import Busy, exclusive
 from .loop import CHECKPOINT_VERSION, run_loop
 from .models import build_model, count_macs
 from .progress import SuiteProgress
@@ -38,10 +40,40 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
     for method, seed in planned_runs(suite):
         rd = store.run(method, seed)
         s = rd.summary()
-        if s and s.get("status") == "done" and s.get("config_hash") != config_hash(suite.run_config(method, seed)):
+        if not (s and s.get("status") == "done"):
+            continue
+        stored = read_yaml_or_none(rd.config)
+        if stored is None or not same_config(stored, suite.run_config(method, seed)):
             raise HarnessError(
                 f"{rd.path} finished with a different config (profile {s.get('profile')!r}, "
                 f"{s.get('iterations')} iterations); pass --force to redo it or --runs-dir to keep both")
+
+
+def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
+    """Equal on every key the stored run recorded; keys added to the schema since then are ignored,
+    so upgrading the harness does not orphan finished runs. Runtime switches (device, threads,
+    precision) do not change what a run is."""
+    for k, v in stored.items():
+        if k in ignore:
+            continue
+        if k not in current:
+            return False
+        if isinstance(v, dict) and isinstance(current[k], dict):
+            if not same_config(v, current[k], ()):
+                return False
+        elif v != current[k]:
+            return False
+    return True
+
+
+def read_yaml_or_none(path: Path) -> dict | None:
+    import yaml
+
+    try:
+        d = yaml.safe_load(Path(path).read_text())
+        return d if isinstance(d, dict) else None
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def build_student(suite: Suite):
@@ -114,14 +146,17 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
 
         progress.start_run(f"{method} seed {seed}", suite.budget.iterations, resume["iteration"] if resume else 0)
         result = run_loop(m, test, suite.budget.iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
-                          resume_state=resume, on_eval=on_eval, on_progress=progress.update_run, fingerprint=fp)
+                          resume_state=resume, on_eval=on_eval, on_progress=progress.update_run, fingerprint=fp,
+                          chance_evals=suite.budget.chance_evals)
         atomic_torch_save({k: v.detach().cpu() for k, v in result.student.state_dict().items()}, rd.student)
         best_row = max(result.history, key=lambda r: r["test_acc"])
         summary = {**base, "status": "done", "best_acc": result.best_acc, "final_acc": result.final_acc,
                    "best_iteration": best_row["iteration"], "iterations": result.iterations,
                    "wall_time_s": round(result.wall_time_s, 2), "train_time_s": round(result.train_time_s, 2),
                    "s_per_iter": round(result.train_time_s / max(1, result.iterations - result.resumed_from), 4)
-                   if not result.resumed_from else None, "resumed_from": result.resumed_from}
+                   if not result.resumed_from else None, "resumed_from": result.resumed_from,
+                   # images through the teacher, so methods can be compared at equal cost
+                   "teacher_forward_images": getattr(m, "teacher_images", None)}
         rd.write_summary(summary)
         for cb in callbacks:
             cb.on_run_end(summary)
@@ -134,8 +169,14 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
     except Exception as e:
         reason = str(e).splitlines()[0] if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}".splitlines()[0]
         if not isinstance(e, HarnessError):
-            (rd.path / "error.log").write_text(traceback.format_exc())
-        failed = {**base, "status": "failed", "reason": reason, "unavailable": isinstance(e, MissingDataError),
+            try:
+                (rd.path / "error.log").write_text(traceback.format_exc())
+            except OSError:  # e.g. the disk is full: the summary below matters more
+                pass
+        failed = {**base, "status": "failed", "reason": reason,
+                  "unavailable": isinstance(e, (MissingDataError, NotApplicableError)),
+                  # a method that cannot apply to this config fails the same way every time: not retried
+                  "retry": not isinstance(e, NotApplicableError),
                   "wall_time_s": round(time.perf_counter() - t0, 2)}
         rd.write_summary(failed)
         for cb in callbacks:
@@ -143,7 +184,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                 cb.on_run_end(failed)
             except Exception:
                 pass
-        progress.end_run("FAILED", reason)
+        progress.end_run("FAILED", reason, label=f"{method} seed {seed}")
         return None
 
 
@@ -161,21 +202,51 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     with progress:
         progress.log(f"suite {suite.name} (profile {suite.profile}) on {env.device_name(device)}: "
                      f"{len(runs)} runs into {store.dir}")
-        teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
+        with exclusive(Path(runs_dir) / "teachers" / f".{suite.name}-{suite.dataset}.lock", wait=True):
+            teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
         progress.log(f"teacher {suite.teacher.model.name}: test acc {teacher.acc:.4f} ({teacher.source})")
         test = get_dataset(suite.dataset).load("test")
-        for method, seed in runs:
-            rd = store.run(method, seed)
-            if rd.is_done() and not force:
-                outcome.skipped.append((method, seed))
-                progress.done += 1
-                progress.log(f"  {method} seed {seed}: already done (best {rd.summary()['best_acc']:.4f}), skipped")
-                continue
-            if force and rd.checkpoint.exists():
-                rd.checkpoint.unlink()
-            summary = execute_run(suite, method, seed, rd, teacher, test, device, progress, callbacks)
-            if summary is None:
-                outcome.failed.append((method, seed, rd.summary().get("reason", "")))
-            else:
-                outcome.done.append((method, seed))
+        pending = list(runs)
+        wait = False
+        while pending:
+            busy = []
+            for method, seed in pending:
+                rd = store.run(method, seed)
+                try:
+                    with exclusive(rd.path / ".lock", wait=wait):
+                        _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks, force,
+                                 outcome)
+                except Busy:
+                    busy.append((method, seed))  # another process runs it now; look again at the end
+            if busy:
+                progress.log(f"  {len(busy)} run(s) held by another process; waiting for them")
+            pending, wait = busy, True
     return outcome
+
+
+def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks, force, outcome):
+    s = rd.summary()
+    if (not force and s and s.get("status") == "failed" and s.get("retry") is False
+            and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
+        outcome.skipped.append((method, seed))
+        progress.done += 1
+        progress.log(f"  {method} seed {seed}: cannot run here ({s.get('reason')}), skipped")
+        return
+    if s and s.get("status") == "done" and (not force or s.get("forced_by") == _invocation):
+        outcome.skipped.append((method, seed))
+        progress.done += 1
+        progress.log(f"  {method} seed {seed}: already done (best {s['best_acc']:.4f}), skipped")
+        return
+    if force and rd.checkpoint.exists():
+        rd.checkpoint.unlink()
+    summary = execute_run(suite, method, seed, rd, teacher, test, device, progress, callbacks)
+    if summary is None:
+        outcome.failed.append((method, seed, (rd.summary() or {}).get("reason", "")))
+    else:
+        if force:
+            rd.write_summary({**summary, "forced_by": _invocation})
+        outcome.done.append((method, seed))
+
+
+# identifies this process's --force pass, so a run it already redid is not redone when it waits on others
+_invocation = f"{os.getpid()}-{time.time_ns()}"

@@ -51,6 +51,14 @@ class AdversarialMethod(Method):
         self.objective = GENERATOR_OBJECTIVES.get(p.gen_objective)
         c.student.train()
         self.generator.train()
+        self.teacher_images = 0  # images through the teacher: the runner records it for equal-cost reading
+
+    def state_dict(self):
+        return {**super().state_dict(), "teacher_images": self.teacher_images}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.teacher_images = state.get("teacher_images", 0)
 
     def noise(self) -> torch.Tensor:
         return torch.randn(self.p.batch_size, self.p.nz, device=self.ctx.device)
@@ -81,10 +89,14 @@ class DFAD(AdversarialMethod):
             self.opt_S.step()
 
         with c.autocast():
-            x = c.prepare(G(self.noise()))
-            d = self.discrepancy(S(x), T(x))  # T is frozen: gradients flow to x only
-            loss_G = self.objective(d)
+            loss_G = self.generator_loss(c.prepare(G(self.noise())))
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.opt_G.step()
+        self.teacher_images += (self.p.k + 1) * self.p.batch_size
         return {"loss_S": loss_S.detach(), "loss_G": loss_G.detach()}
+
+    def generator_loss(self, x):
+        """The generator's loss on x = G(z); a subclass adds its prior here (DFQ-style: BN statistics)."""
+        d = self.discrepancy(self.ctx.student(x), self.ctx.teacher(x))  # T is frozen: gradients flow to x only
+        return self.objective(d)

@@ -1,103 +1,184 @@
-"""Suite results table: seeds aggregated to mean ± std (n), the paper's value beside ours.
+"""The paper-layout results table as data: methods (rows, paper order) x datasets (FLOPs, accuracy).
 
-Reads only the run store (and the suite file for order and paper values); never trains.
+Builds a `Table` from one or several suites' run stores; latex.py, markdown.py and html.py render it.
+`write_report` keeps writing `<runs-dir>/<suite>/report/table.{md,tex,csv}` (the run command uses it).
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from harness.config import Suite
 from harness.models import human_macs
-from harness.store import Store, atomic_write, read_json
+from harness.store import Store, atomic_write
 
-LABELS = {"teacher": "Teacher", "kd_ori": "KD-ORI", "kd_rel": "KD-REL", "kd_unr": "KD-UNR", "random": "RANDOM",
-          "dafl": "DAFL", "dfad": "DFAD", "zskt": "ZSKT", "dfq": "DFQ-style"}
+from .collect import PAPER_ORDER, SEG_DATASETS, Cell, aggregate, dataset_label, group, label, runs_frame, \
+    teacher_summary
 
-
-def label(method: str) -> str:
-    return LABELS.get(method, method)
+PAPER_TABLES = {"cls": ["mnist", "cifar10", "cifar100", "caltech101"], "seg": ["camvid", "nyuv2"]}
 
 
-def fmt(mean: float, std: float, n: int) -> str:
-    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+@dataclass
+class Table:
+    rows: list[str]  # method keys
+    columns: list[str]  # dataset labels
+    cells: dict[tuple[str, str], Cell]
+    groups: dict[str, str]  # method -> driven | free | later
+    caption: str = ""
+    value_name: str = "Acc."  # "mIoU" for segmentation
+    flops: bool = True
+    row_labels: dict[str, str] = field(default_factory=dict)
+    row_title: str = "Method"
+
+    def label(self, row: str) -> str:
+        return self.row_labels.get(row, label(row))
+
+    def bold(self) -> set[tuple[str, str]]:
+        """Best data-free cell of each dataset (ties at the shown precision all bold)."""
+        out = set()
+        for col in self.columns:
+            cand = [(round(c.mean, 3), r) for r in self.rows if self.groups[r] != "driven"
+                    and (c := self.cells[(r, col)]).status == "ok"]
+            if cand:
+                top = max(v for v, _ in cand)
+                out |= {(r, col) for v, r in cand if v == top}
+        return out
+
+    def notes(self) -> dict[str, str]:
+        """Footnote text -> mark (a, b, ...), in reading order."""
+        marks: dict[str, str] = {}
+        for r in self.rows:
+            for col in self.columns:
+                note = self.cells[(r, col)].note
+                if note and note not in marks:
+                    marks[note] = chr(ord("a") + len(marks)) if len(marks) < 26 else str(len(marks))
+        return marks
+
+    def seed_counts(self) -> list[int]:
+        return sorted({c.n for (r, _), c in self.cells.items() if c.status == "ok" and r != "teacher"})
+
+
+def fmt(cell: Cell, pm: str = "±", n_max: int | None = None) -> str:
+    """"0.983 ± 0.002"; a lone seed shows no ± (its spread is unknown); n shown where it is not the usual."""
+    if cell.status == "failed":
+        return "FAILED"
+    if cell.status != "ok":
         return "n/a"
-    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+    text = f"{cell.mean:.3f} {pm} {cell.std:.3f}" if cell.n > 1 else f"{cell.mean:.3f}"
+    return text + (f" (n={cell.n})" if n_max and cell.n and cell.n < n_max else "")
 
 
-def collect(suite: Suite, runs_dir: str | Path) -> pd.DataFrame:
-    """One row per stored run of the suite."""
-    store = Store(runs_dir, suite.name)
-    rows = []
-    for rd in store.runs():
-        s = rd.summary()
-        if s:
-            rows.append({"method": rd.method, "seed": rd.seed, **{k: s.get(k) for k in (
-                "status", "best_acc", "final_acc", "iterations", "wall_time_s", "student_macs", "profile",
-                "reason", "device")}})
-    return pd.DataFrame(rows)
-
-
-def results_table(suite: Suite, runs_dir: str | Path, metric: str = "best") -> pd.DataFrame:
-    runs = collect(suite, runs_dir)
-    teacher = read_json(Store(runs_dir, suite.name).teacher_summary_path) or {}
-    order = list(suite.method_names())
-    if not runs.empty:
-        order += [m for m in runs["method"].unique() if m not in order]
-    out = [{"Method": "Teacher", "FLOPs": "", f"Accuracy ({metric})": f"{teacher['test_acc']:.3f}"
-            if "test_acc" in teacher else "n/a", "n": 1 if teacher else 0, "Final": "",
-            "Paper": _paper(suite, "teacher"), "Time/run (s)": f"{teacher.get('wall_time_s', float('nan')):.0f}"
-            if teacher.get("wall_time_s") else ""}]
-    for m in order:
-        sub = runs[runs["method"] == m] if not runs.empty else runs
-        done = sub[sub["status"] == "done"] if not sub.empty else sub
-        failed = sub[sub["status"] == "failed"] if not sub.empty else sub
-        col = f"{metric}_acc"
-        if len(done):
-            acc = fmt(done[col].mean(), done[col].std(ddof=1) if len(done) > 1 else 0.0, len(done))
-            final = fmt(done["final_acc"].mean(), done["final_acc"].std(ddof=1) if len(done) > 1 else 0.0, len(done))
-        elif len(failed):
-            acc = final = "FAILED"
+def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: list[str]) -> dict[str, Cell]:
+    """Cells of one dataset column; a missing suite gives n/a everywhere."""
+    if suite is None:
+        return {r: Cell(note="no suite file for this dataset yet") for r in rows}
+    runs = runs_frame(runs_dir, suite.name)
+    macs = runs["student_macs"].dropna()
+    student_flops = human_macs(float(macs.iloc[0])) if len(macs) else ""
+    out = {}
+    for r in rows:
+        if r == "teacher":
+            t = teacher_summary(runs_dir, suite.name)
+            cell = Cell(t["test_acc"], 0.0, 1, "ok") if "test_acc" in t else Cell(note="no teacher trained")
+            cell.flops = teacher_flops(suite, t)
         else:
-            acc = final = "n/a"
-        macs = sub["student_macs"].dropna() if not sub.empty else []
-        out.append({"Method": label(m), "FLOPs": human_macs(float(macs.iloc[0])) if len(macs) else "",
-                    f"Accuracy ({metric})": acc, "n": len(done), "Final": final, "Paper": _paper(suite, m),
-                    "Time/run (s)": f"{done['wall_time_s'].mean():.0f}" if len(done) else ""})
-    return pd.DataFrame(out)
+            cell = aggregate(runs[runs["method"] == r], metric)
+            own = runs[runs["method"] == r]["student_macs"].dropna()
+            cell.flops = human_macs(float(own.iloc[0])) if len(own) else student_flops
+        cell.paper = suite.paper.get(r)
+        out[r] = cell
+    return out
 
 
-def _paper(suite: Suite, key: str) -> str:
-    v = suite.paper.get(key)
-    return f"{v:.3f}" if v is not None else ""
+def teacher_flops(suite: Suite, summary: dict) -> str:
+    """The teacher's MACs: recorded, else counted on a freshly built (untrained) copy."""
+    if summary.get("macs"):
+        return human_macs(float(summary["macs"]))
+    try:
+        from harness.data import get_dataset
+        from harness.models import count_macs
+        from harness.teacher import build_teacher_model
+
+        spec = get_dataset(suite.dataset)
+        return human_macs(count_macs(build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes),
+                                     spec.input_shape))
+    except Exception:  # a FLOPs figure is not worth failing a report over
+        return ""
 
 
-def failures(suite: Suite, runs_dir) -> list[str]:
-    runs = collect(suite, runs_dir)
-    if runs.empty:
-        return []
-    bad = runs[runs["status"] == "failed"]
-    return [f"{label(r.method)} seed {r.seed}: {r.reason}" for r in bad.itertuples()]
+def row_order(suites: list[Suite | None], runs_dir, paper_rows: bool) -> list[str]:
+    """The paper's rows (all of them for --paper-table), then each suite's other methods in suite order."""
+    seen: list[str] = []
+    for s in suites:
+        if s is None:
+            continue
+        stored = list(runs_frame(runs_dir, s.name)["method"].unique())
+        seen = list(dict.fromkeys([*seen, *s.method_names(), *stored, *s.paper]))
+    base = [m for m in PAPER_ORDER if paper_rows or m in seen or m == "teacher"]
+    rest = [m for m in seen if m not in base]
+    key = {"driven": 0, "free": 1, "later": 2}
+    first = next((s for s in suites if s is not None), None)
+    return sorted(base + rest, key=lambda m: key[group(m, first)])  # stable: paper order kept within groups
 
 
-def to_latex(df: pd.DataFrame, caption: str) -> str:
-    body = df.style.hide(axis="index").to_latex(hrules=True, caption=caption, position="t", column_format="l" + "r" * (len(df.columns) - 1))
-    return body.replace("±", r"$\pm$")
+def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Path, metric: str = "best",
+                paper_rows: bool = False) -> Table:
+    """names[i] is the dataset of suites[i] (a suite may be None when no suite file exists yet)."""
+    rows = row_order(suites, runs_dir, paper_rows)
+    columns = [dataset_label(n) for n in names]
+    cells = {}
+    for s, col in zip(suites, columns):
+        for r, c in suite_cells(s, runs_dir, metric, rows).items():
+            cells[(r, col)] = c
+    first = next((s for s in suites if s is not None), None)
+    seg = all(n in SEG_DATASETS for n in names)
+    t = Table(rows, columns, cells, {r: group(r, first) for r in rows}, value_name="mIoU" if seg else "Acc.")
+    t.caption = caption(t, suites, metric)
+    return t
 
 
-def write_report(suite: Suite, runs_dir: str | Path, metric: str = "best") -> tuple[Path, pd.DataFrame]:
-    df = results_table(suite, runs_dir, metric)
+def caption(t: Table, suites: list[Suite | None], metric: str) -> str:
+    ns = t.seed_counts() or [0]
+    n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]} (cells with fewer seeds say so)"
+    profiles = sorted({s.profile for s in suites if s is not None})
+    what = "mIoU" if t.value_name == "mIoU" else "test accuracy"
+    return (f"{what.capitalize()} ({metric} over evaluations), mean ± std over {n} seeds; "
+            f"FLOPs: student MACs per image; bold: best data-free result per dataset; "
+            f"profile: {', '.join(profiles) or 'none'}.")
+
+
+def tidy(t: Table) -> pd.DataFrame:
+    """Long-format CSV rows: one per method x dataset, numbers unformatted."""
+    return pd.DataFrame([{"method": r, "label": t.label(r), "group": t.groups[r], "dataset": col,
+                          "status": c.status, "mean": c.mean, "std": c.std if c.status == "ok" else None, "n": c.n,
+                          "flops": c.flops, "paper": c.paper, "note": c.note}
+                         for r in t.rows for col in t.columns for c in [t.cells[(r, col)]]])
+
+
+def render(t: Table, fmt: str, with_paper: str | None = None) -> str:
+    from .latex import to_latex
+    from .markdown import to_html, to_markdown
+
+    if fmt == "csv":
+        return tidy(t).to_csv(index=False)
+    return {"latex": to_latex, "md": to_markdown, "html": to_html}[fmt](t, with_paper)
+
+
+def write_tables(t: Table, out: Path, stem: str, with_paper: str | None = None) -> None:
+    """<stem>.{md,tex,csv,html} and <stem>-standalone.tex (a document pdflatex compiles)."""
+    from .latex import standalone
+
+    for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv"), ("html", "html")):
+        atomic_write(out / f"{stem}.{ext}", render(t, fmt, with_paper))
+    atomic_write(out / f"{stem}-standalone.tex", standalone(render(t, "latex", with_paper)))
+
+
+def write_report(suite: Suite, runs_dir: str | Path, metric: str = "best",
+                 with_paper: str | None = None) -> tuple[Path, pd.DataFrame]:
+    """The suite's table files under <runs-dir>/<suite>/report/; returns (report dir, tidy frame)."""
+    t = build_table([suite], [suite.dataset], runs_dir, metric)
     out = Store(runs_dir, suite.name).report_dir
-    n = sorted({int(x) for x in df["n"][1:] if x}) or [0]
-    caption = (f"{suite.name} ({suite.profile} profile): test accuracy, {metric} over evaluations, "
-               f"mean ± std over n={'/'.join(map(str, n))} seeds; Paper: Fang et al. 2019, Table 2")
-    notes = failures(suite, runs_dir)
-    md = f"**{caption}**\n\n" + df.to_markdown(index=False, disable_numparse=True) + "\n"
-    if notes:
-        md += "\n" + "\n".join(f"- FAILED {x}" for x in notes) + "\n"
-    atomic_write(out / "table.md", md)
-    atomic_write(out / "table.tex", to_latex(df, caption.replace("±", r"$\pm$")))
-    atomic_write(out / "table.csv", df.to_csv(index=False))
-    return out, df
+    write_tables(t, out, "table", with_paper)
+    return out, tidy(t)

@@ -40,7 +40,11 @@ def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")}
     again = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), env={"DFAD_DATA": str(mnist_data)})
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "training" not in again.stdout and again.stdout.count("already done") == 2
+    done = [p.parent.parent.name for p in (runs / "mnist").glob("*/seed-0/summary.json")
+            if json.loads(p.read_text())["status"] == "done"]
+    assert {"kd_ori", "dfad"} <= set(done)
+    assert "teacher: training" not in again.stdout and " it 10:" not in again.stdout
+    assert again.stdout.count("already done") == len(done)
     assert stamps == {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")}
 
     # a finished run is never silently reused under another config

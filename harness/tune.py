@@ -1,0 +1,286 @@
+"""`dfad-bench tune`: an Optuna study over one method's search space (the suite's `search.<method>`).
+
+The objective is student accuracy on a validation split held out from the training set (its last 10%),
+never the test set; it is reported at every evaluation so the pruner can stop bad trials. Workers share
+one storage: a journal file under the runs dir (several processes on one machine) or an RDB URL (many
+machines). Each trial is a W&B run too. The study ends as a YAML overlay for `run --params` and plots.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import HarnessError
+
+VAL_FRACTION = 0.1
+
+
+def split_train(spec):
+    """(fit, val): the training images minus their last 10%, and that 10%."""
+    from .data import ImageTensors
+
+    data = spec.load("train")
+    k = max(1, int(len(data) * VAL_FRACTION))
+    cut = len(data) - k
+    return (ImageTensors(data.x[:cut], data.y[:cut], data.mean, data.std),
+            ImageTensors(data.x[cut:], data.y[cut:], data.mean, data.std))
+
+
+def open_storage(url: str | None, runs_dir: Path, study: str):
+    """A journal file (default `<runs-dir>/tune/<study>.journal`, or a path), or an RDB URL."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    from .tracking import redact
+
+    label = url or str(Path(runs_dir) / "tune" / f"{study}.journal")
+    try:
+        if url and "://" in url:
+            for attempt in range(5):
+                try:  # heartbeats let other workers fail a dead machine's trial instead of waiting forever
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                                                          heartbeat_interval=60, grace_period=180)
+                except Exception as e:  # workers starting together race to create the schema: try again
+                    if attempt == 4 or not any(w in str(e) for w in ("already exists", "duplicate key")):
+                        raise
+                    time.sleep(0.5 + attempt)
+        path = Path(label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        if isinstance(e, ImportError):  # SQLAlchemy's PostgreSQL driver is psycopg 3
+            first = f"no database driver for it; pip install -e '.[distributed]' ({first[:80]})"
+        raise HarnessError(f"--storage {redact(label)}: cannot open ({type(e).__name__}: {redact(first)})") from None
+
+
+def make_pruner(kind: str, suite, trials: int):
+    import optuna
+
+    b = suite.budget
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=b.eval_every, max_resource=b.iterations, reduction_factor=3)
+    if kind == "median":  # the first evaluation is never judged: every student starts near chance
+        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(1, trials // 3)), n_warmup_steps=2 * b.eval_every)
+    raise HarnessError(f"--pruner {kind!r}: choose median or hyperband")
+
+
+def suggest(trial, space: dict) -> dict:
+    out = {}
+    for name, sp in space.items():
+        if sp.choices is not None:
+            out[name] = trial.suggest_categorical(name, sp.choices)
+        elif sp.is_int:
+            out[name] = trial.suggest_int(name, int(sp.low), int(sp.high), step=int(sp.step or 1), log=sp.log)
+        else:
+            out[name] = trial.suggest_float(name, sp.low, sp.high, step=sp.step, log=sp.log)
+    return out
+
+
+def run_trial(trial, suite, method: str, teacher, fit, val, device, runs_dir: Path, study: str) -> float:
+    import optuna
+
+    from .api import build_context, make_method
+    from .config import config_hash, method_of
+    from .data import get_dataset
+    from .loop import run_loop
+    from .runner import build_student
+    from .tracking import WandbTracker
+
+    spec, seed = get_dataset(suite.dataset), suite.seeds[0]
+    params = {**suite.method_params(method).model_dump(), **suggest(trial, suite.search[method])}
+    cfg = {**suite.run_config(method, seed), "params": params}
+    tracker = WandbTracker(suite, runs_dir, group=study, job_type="trial", name=f"trial-{trial.number}",
+                           extra_config={"study": study, "trial": trial.number, "objective": "val_acc"})
+    trial.set_user_attr("wandb_id", tracker.on_run_start(None, cfg, {"config_hash": config_hash(cfg)}).get("wandb_id"))
+    best, status = 0.0, "failed"
+    try:
+        torch_seed(seed)
+        rt = suite.runtime
+        # data-driven methods train on `fit` only, so the validation images stay unseen by the student
+        ctx = build_context(teacher.model, build_student(suite), spec.input_shape, spec.num_classes, seed,
+                            suite.budget.iterations, device, rt.precision, rt.channels_last, dataset=suite.dataset,
+                            train_set=fit)
+        m = make_method(method_of(method, suite.methods.get(method)), ctx, params)
+        m.setup()
+
+        def on_eval(row):
+            nonlocal best
+            row = {("val_acc" if k == "test_acc" else k): v for k, v in row.items()}
+            best = max(best, row["val_acc"])
+            tracker.on_eval(row, m)
+            trial.report(row["val_acc"], row["iteration"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val acc {row['val_acc']:.4f} at iteration {row['iteration']}")
+
+        run_loop(m, val, suite.budget.iterations, suite.budget.eval_every, on_eval=on_eval)
+        status = "done"
+        return best
+    except optuna.TrialPruned:
+        status = "pruned"
+        raise
+    finally:
+        tracker.on_run_end({"status": status, "best_val_acc": best, "teacher_acc": teacher.acc})
+
+
+def torch_seed(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_trials: int, seed: int,
+           pruner: str, runs_dir: str, threads: int | None) -> None:
+    """One tuning process: its own sampler seed, the shared storage, `n_trials` trials."""
+    import methods  # noqa: F401  (register every method)
+    import optuna
+
+    from . import env
+    from .config import Suite
+    from .data import get_dataset
+    from .teacher import ensure_teacher
+
+    suite = Suite.model_validate(suite_dump)
+    env.set_threads(threads)
+    device = env.resolve_device(suite.runtime.device)
+    teacher = ensure_teacher(suite, Path(runs_dir), device, log=lambda *_: None)
+    fit, val = split_train(get_dataset(suite.dataset))
+    # constant_liar: parallel workers do not all pile onto the point a running trial already explores
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    st = optuna.load_study(study_name=study, storage=open_storage(storage, Path(runs_dir), study), sampler=sampler,
+                           pruner=make_pruner(pruner, suite, n_trials))
+    st.optimize(lambda t: run_trial(t, suite, method, teacher, fit, val, device, Path(runs_dir), study),
+                n_trials=n_trials, catch=(HarnessError,))
+
+
+def tune(suite, method: str, trials: int, storage: str | None = None, study: str | None = None, jobs: int = 1,
+         pruner: str = "median", runs_dir: str | Path = "runs", seed: int = 0, log=print) -> dict:
+    import optuna
+
+    from . import env
+    from .teacher import ensure_teacher
+    from .tracking import redact
+
+    if method not in suite.methods:
+        raise HarnessError(f"--method {method!r} is not in suite {suite.name} ({', '.join(suite.methods)})")
+    if not suite.search.get(method):
+        raise HarnessError(f"suite {suite.name} has no search space for {method} (add a `search: {{{method}: ...}}` section)")
+    if trials < 1 or jobs < 1:
+        raise HarnessError("--trials and --jobs must be at least 1")
+    runs_dir = Path(runs_dir).resolve()
+    study = study or f"{suite.name}-{method}-{suite.profile}"
+    make_pruner(pruner, suite, trials)  # a bad --pruner fails here, not in every worker
+    st = optuna.create_study(study_name=study, storage=open_storage(storage, runs_dir, study), direction="maximize",
+                             load_if_exists=True)
+    st.set_user_attr("objective", f"best student accuracy on the last {VAL_FRACTION:.0%} of {suite.dataset}'s training set")
+    env.set_threads(suite.runtime.threads)
+    ensure_teacher(suite, runs_dir, env.resolve_device(suite.runtime.device), log)  # once, before workers race on it
+    jobs = min(jobs, trials)
+    threads = max(1, (suite.runtime.threads or os.cpu_count() or 1) // jobs)
+    shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
+    args = [(suite.model_dump(mode="json"), method, study, storage, n, seed + i, pruner, str(runs_dir), threads)
+            for i, n in enumerate(shares)]
+    log(f"study {study} ({redact(storage or 'journal')}): {trials} trials in {jobs} worker(s), pruner {pruner}")
+    if jobs == 1:
+        worker(*args[0])
+    else:  # spawn, not fork: torch's threads and optuna's connections do not survive a fork
+        procs = [mp.get_context("spawn").Process(target=worker, args=a, daemon=False) for a in args]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            log(f"warning: {len(bad)} worker(s) exited with {bad}")
+    return finish(optuna.load_study(study_name=study, storage=open_storage(storage, runs_dir, study)),
+                  method, runs_dir / "tune" / study, redact(storage or "journal"), log)
+
+
+def finish(st, method: str, out: Path, storage: str, log=print) -> dict:
+    """best.yaml (an overlay for `run --params`), study.json and the plots, in <runs-dir>/tune/<study>/."""
+    import optuna
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for t in st.trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    record = {"study": st.study_name, "storage": storage, "method": method, "trials": counts}
+    if not done:
+        (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
+        raise HarnessError(f"study {st.study_name}: no trial completed ({counts})")
+    best = st.best_trial
+    record.update(best_value=best.value, best_trial=best.number, best_params=best.params,
+                  best_wandb_id=best.user_attrs.get("wandb_id"))
+    (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "best.yaml").write_text(
+        f"# dfad-bench tune: study {st.study_name}, trial {best.number}, val acc {best.value:.4f}\n"
+        f"# apply with: dfad-bench run SUITE --methods {method} --params {out / 'best.yaml'}\n"
+        + yaml.safe_dump({"methods": {method: best.params}}, sort_keys=True))
+    plots(st, out, log)
+    log(f"best val acc {best.value:.4f} (trial {best.number}): {best.params}; {counts}")
+    log(f"wrote {out}/best.yaml, study.json and plots")
+    return record
+
+
+def plots(st, out: Path, log=print) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                     ("param_importances", ovm.plot_param_importances)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                ax = fn(st)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+        except Exception as e:  # e.g. importances need two finished trials that differ
+            log(f"warning: no {name} plot ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+
+
+RUNS_DIR = typer.Option("runs", "--runs-dir", help="runs dir; the study goes to <runs-dir>/tune/<study>/")
+
+
+def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks/ or path to a suite file"),
+                 overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
+                 method: str = typer.Option(..., "--method", "-m", help="the method to tune (needs search.<method>)"),
+                 trials: int = typer.Option(20, "--trials", help="trials to run now, over all workers"),
+                 storage: Optional[str] = typer.Option(None, "--storage", help="journal file path or RDB URL "
+                                                       "(default <runs-dir>/tune/<study>.journal)"),
+                 study: Optional[str] = typer.Option(None, "--study", help="default <suite>-<method>-<profile>"),
+                 profile: Optional[str] = typer.Option(None, "--profile", "-p", help="paper | quick | smoke"),
+                 jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes on this machine"),
+                 pruner: str = typer.Option("median", "--pruner", help="median | hyperband"),
+                 seed: int = typer.Option(0, "--seed", help="sampler seed (worker i uses seed + i)"),
+                 runs_dir: Path = RUNS_DIR):
+    """Tune a method's hyperparameters on a held-out validation split; writes a --params overlay."""
+    from .cli import _load, fail
+
+    try:
+        s = _load(suite, profile, overrides)
+        tune(s, method, trials, storage, study, jobs, pruner, runs_dir, seed, log=lambda m: typer.echo(m, err=True))
+    except HarnessError as e:
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished trials are in the study; rerun to add more", err=True)
+        raise typer.Exit(130)
+
+
+if __name__ == "__main__":
+    sys.exit(typer.run(tune_command))

@@ -1,0 +1,16 @@
+"""KD-UNR: Hinton KD on unrelated data (MNIST->CIFAR-10 in grayscale, CIFAR->MNIST as 3 channels).
+
+training_batches adapts the source to the teacher's input shape and normalisation.
+"""
+from __future__ import annotations
+
+from harness.registry import METHODS
+from methods.kd_rel import KDRel
+
+UNRELATED = {"mnist": "cifar10", "cifar10": "mnist", "cifar100": "mnist"}
+
+
+@METHODS.register("kd_unr")
+class KDUnr(KDRel):
+    name = "kd_unr"
+    defaults = UNRELATED

@@ -1,0 +1,146 @@
+"""Figures of a suite (matplotlib, Agg: no display needed), each saved as PNG and PDF in the report dir.
+
+accuracy: test accuracy vs iterations, mean ± std band over seeds, teacher as a line; samples: a grid
+from each data-free method's final generator; losses: DFAD's student and generator losses; ablation:
+accuracy per discrepancy. Each returns the PNG path, or None when there is nothing to draw.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.config import Suite, method_of  # noqa: E402
+
+from .collect import curves, done_runs, label, teacher_summary  # noqa: E402
+
+
+def save(fig, out_dir: Path, name: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(out_dir / f"{name}.{ext}", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out_dir / f"{name}.png"
+
+
+def band(ax, df: pd.DataFrame, col: str, name: str):
+    """Mean line and ± std band over seeds, on the iterations every seed reached."""
+    g = df.dropna(subset=[col]).groupby("iteration")[col]
+    stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)})
+    line, = ax.plot(stats.index, stats["mean"], label=f"{name} (n={df['seed'].nunique()})")
+    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                    color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def accuracy(suite: Suite, runs_dir, out_dir: Path, methods: list[str] | None = None,
+             name: str = "accuracy", labels: dict[str, str] | None = None) -> Path | None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = 0
+    for m in methods or suite.method_names():
+        df = curves(runs_dir, suite.name, m)
+        if len(df):
+            band(ax, df, "test_acc", (labels or {}).get(m, label(m)))
+            drawn += 1
+    t = teacher_summary(runs_dir, suite.name)
+    if "test_acc" in t:
+        ax.axhline(t["test_acc"], color="black", linestyle="--", linewidth=1, label=f"Teacher ({t['test_acc']:.3f})")
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="iteration", ylabel="test accuracy", title=f"{suite.name} ({suite.profile}): test accuracy",
+           ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, out_dir, name)
+
+
+def losses(suite: Suite, runs_dir, out_dir: Path) -> Path | None:
+    """Student and generator losses of every DFAD-class method (variants included)."""
+    ms = [m for m in suite.method_names() if method_of(m, suite.methods.get(m)) == "dfad"]
+    frames = {m: df for m in ms if len(df := curves(runs_dir, suite.name, m)) and "loss_S" in df}
+    if not frames:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for m, df in frames.items():
+        band(axes[0], df, "loss_S", label(m))
+        if "loss_G" in df:
+            band(axes[1], df, "loss_G", label(m))
+    for ax, what in zip(axes, ("student loss (discrepancy)", "generator loss (-discrepancy)")):
+        ax.set(xlabel="iteration", title=what)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{suite.name} ({suite.profile}): losses at evaluation points")
+    return save(fig, out_dir, "losses")
+
+
+def samples(suite: Suite, runs_dir, out_dir: Path, n: int = 64) -> Path | None:
+    """An 8 x 8 grid per data-free method, from the first finished seed's final generator."""
+    grids = {}
+    for m in suite.method_names():
+        for rd in done_runs(runs_dir, suite.name, m)[:1]:
+            g = generator_grid(rd, suite.dataset, n)
+            if g is not None:
+                grids[m] = g
+    if not grids:
+        return None
+    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.3), squeeze=False)
+    for ax, (m, img) in zip(axes[0], grids.items()):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(f"{label(m)}: generated samples", fontsize=10)
+        ax.axis("off")
+    return save(fig, out_dir, "samples")
+
+
+def generator_grid(rd, dataset: str, n: int):
+    """The run's generator rebuilt from config.yaml and checkpoint.pt, n samples denormalised to [0, 1]."""
+    import torch
+    import yaml
+    from torchvision.utils import make_grid
+
+    from harness.data import get_dataset
+    from harness.models import build_model
+
+    if not rd.checkpoint.is_file() or not rd.config.is_file():
+        return None
+    state = torch.load(rd.checkpoint, map_location="cpu", weights_only=True)
+    gen_state = state.get("method", {}).get("modules", {}).get("generator")
+    if gen_state is None:  # not a generator-based method
+        return None
+    p = yaml.safe_load(rd.config.read_text())["params"]
+    spec = get_dataset(dataset)
+    G = build_model(p.get("generator", "generator_a"), nz=p["nz"], ngf=p["ngf"], input_shape=spec.input_shape)
+    G.load_state_dict(gen_state)
+    G.eval()  # running BN statistics, as the method's own sample() does
+    with torch.no_grad():
+        x = G(torch.randn(n, p["nz"], generator=torch.Generator().manual_seed(0))).float()
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    grid = make_grid((x * std + mean).clamp(0, 1), nrow=8, padding=2, pad_value=1.0)
+    img = grid.permute(1, 2, 0).numpy()
+    return img[..., 0] if spec.input_shape[0] == 1 else img
+
+
+def ablation(suites: list[Suite], runs_dir, out_dir: Path, name: str = "ablation-curves") -> Path | None:
+    """One panel per dataset, one band per loss."""
+    from .ablation import LOSS_LABELS, loss_variants
+
+    fig, axes = plt.subplots(1, len(suites), figsize=(6 * len(suites), 4), squeeze=False)
+    drawn = 0
+    for ax, s in zip(axes[0], suites):
+        for m, loss in loss_variants(s).items():
+            df = curves(runs_dir, s.name, m)
+            if len(df):
+                band(ax, df, "test_acc", LOSS_LABELS.get(loss, loss))
+                drawn += 1
+        ax.set(xlabel="iteration", ylabel="test accuracy", title=f"{s.name} ({s.dataset}): loss ablation",
+               ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if not drawn:
+        plt.close(fig)
+        return None
+    return save(fig, out_dir, name)

@@ -1,0 +1,205 @@
+"""RANDOM, DAFL, KD-REL and KD-UNR: each trains the student; RANDOM's generator stays fixed, DAFL's
+learns; KD-REL/UNR pick their default data per suite dataset and fail in one line where it is absent."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import methods  # noqa: F401  (registers every method)
+from harness.api import build_context, distill, make_method
+from harness.data import ImageTensors
+from harness.errors import HarnessError, MissingDataError
+from harness.models import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(device="cpu", precision="fp32", iterations=3, eval_every=3)
+
+
+def tiny_images(n=32, c=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ImageTensors(torch.randn(n, c, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def models(c=1, seed=0):
+    torch.manual_seed(seed)
+    return build_model("lenet5", in_channels=c), build_model("lenet5_half", in_channels=c)
+
+
+def weights(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def changed(before, module):
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("method,hp", [
+    ("random", dict(batch_size=16, k=2, source="noise")),
+    ("random", dict(batch_size=16, k=2, source="generator", nz=16, ngf=8)),
+    ("dafl", dict(batch_size=16, nz=16, ngf=8)),
+    ("dafl", dict(batch_size=16, nz=16, ngf=8, optimizer_S="sgd", lr_S=0.1, schedule="cosine")),
+    ("kd_rel", dict(batch_size=8)),  # no suite dataset: the train_set passed is the alternative data
+    ("kd_unr", dict(batch_size=8)),
+])
+def test_method_trains_the_student_through_distill(method, hp):
+    teacher, student = models()
+    before = weights(student)
+    r = distill(teacher, student, method=method, test_set=tiny_images(), train_set=tiny_images(seed=1), **TINY, **hp)
+    assert changed(before, r.student)
+    assert len(r.history) == 1 and 0 <= r.best_acc <= 1
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in r.history[0].items() if k.startswith("loss"))
+
+
+def setup_method(name, hp, dataset="mnist", c=1, precision="fp32"):
+    teacher, student = models(c)
+    ctx = build_context(teacher, student, (c, 32, 32), 10, 0, 10, "cpu", precision, "off", dataset=dataset)
+    m = make_method(name, ctx, hp)
+    m.setup()
+    return m
+
+
+def test_random_generator_is_never_updated():
+    m = setup_method("random", dict(batch_size=16, k=2, source="generator", nz=16, ngf=8))
+    g0, s0 = weights(m.generator), weights(m.ctx.student)
+    assert set(m.optimizers) == {"student"} and not any(p.requires_grad for p in m.generator.parameters())
+    for i in range(3):
+        m.step(i)
+    assert not changed(g0, m.generator)  # weights and BN running statistics alike
+    assert changed(s0, m.ctx.student)
+
+
+def test_random_noise_source_has_no_generator():
+    m = setup_method("random", dict(batch_size=16, k=1))
+    assert "generator" not in m.modules and m.sample(4).shape == (4, 1, 32, 32)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dafl_updates_generator_and_student_every_iteration(precision):
+    m = setup_method("dafl", dict(batch_size=16, nz=16, ngf=8), precision=precision)
+    assert isinstance(m.opt_S, torch.optim.Adam) and isinstance(m.opt_G, torch.optim.Adam)
+    assert m.opt_G.param_groups[0]["lr"] == 0.2 and m.opt_S.param_groups[0]["lr"] == 2e-3
+    for i in range(2):
+        g0, s0 = weights(m.generator), weights(m.ctx.student)
+        losses = m.step(i)
+        assert changed(g0, m.generator) and changed(s0, m.ctx.student)
+        assert all(torch.isfinite(v) for v in losses.values())
+    assert m.teacher_images == 32
+
+
+def test_dafl_defaults_are_the_official_mnist_ones():
+    p = methods.dafl.DAFLParams()
+    assert (p.batch_size, p.nz, p.lr_G, p.lr_S, p.optimizer_S, p.w_oh, p.w_ie, p.w_a) == \
+        (512, 100, 0.2, 2e-3, "adam", 1.0, 5.0, 0.1)
+
+
+@pytest.mark.parametrize("method,dataset,source", [
+    ("kd_rel", "mnist", "usps"), ("kd_rel", "cifar10", "cifar100"), ("kd_rel", "cifar100", "cifar10"),
+    ("kd_unr", "mnist", "cifar10"), ("kd_unr", "cifar10", "mnist"), ("kd_unr", "cifar100", "mnist"),
+])
+def test_default_data_source_follows_the_suite_dataset(method, dataset, source):
+    teacher, student = models()
+    ctx = build_context(teacher, student, (1, 32, 32), 10, 0, 10, "cpu", "fp32", "off", dataset=dataset)
+    assert make_method(method, ctx, {}).data_source() == source
+    assert make_method(method, ctx, {"data": "usps"}).data_source() == "usps"  # still a setting
+
+
+def test_no_default_source_for_other_datasets_is_one_line():
+    teacher, student = models()
+    ctx = build_context(teacher, student, (1, 32, 32), 10, 0, 10, "cpu", "fp32", "off", dataset="usps")
+    with pytest.raises(HarnessError, match="set methods.kd_unr.data") as e:
+        make_method("kd_unr", ctx, {}).data_source()
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("method,dataset,c,missing", [
+    ("kd_rel", "cifar10", 3, "cifar100"), ("kd_unr", "mnist", 1, "cifar10"), ("kd_rel", "mnist", 1, "usps"),
+])
+def test_missing_source_is_the_one_line_missing_data_error(method, dataset, c, missing, tmp_path, monkeypatch):
+    monkeypatch.setenv("DFAD_DATA", str(tmp_path))
+    monkeypatch.setenv("DFAD_DOWNLOAD", "0")
+    with pytest.raises(MissingDataError, match=repr(missing)) as e:
+        setup_method(method, dict(batch_size=8), dataset=dataset, c=c)
+    assert "\n" not in str(e.value)
+
+
+def test_kd_unr_adapts_the_source_to_the_teacher_input(mnist_data):
+    # CIFAR teacher, MNIST source: 1 -> 3 channels, normalised with the CIFAR statistics
+    m = setup_method("kd_unr", dict(batch_size=8), dataset="cifar10", c=3)
+    x, _ = next(m.batches)
+    assert x.shape == (8, 3, 32, 32)
+    from harness.data import CIFAR_STATS
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CIFAR_STATS)
+    raw = x * std + mean  # the same gray image in every channel
+    torch.testing.assert_close(raw[:, 0], raw[:, 2], atol=1e-5, rtol=0)
+    losses = m.step(0)
+    assert torch.isfinite(losses["loss_S"])
+
+
+def test_smoke_suite_runs_new_methods_and_records_missing_data(mnist_data, tmp_path):
+    """`dfad-bench run mnist --profile smoke`: KD-UNR's CIFAR-10 is absent from this data root, so that
+    run fails as unavailable and the suite goes on."""
+    data = tmp_path / "data"
+    (data / ".dfad-cache").mkdir(parents=True)
+    for name in ("MNIST", "usps"):
+        if (mnist_data / name).exists():
+            (data / name).symlink_to(mnist_data / name)
+    for f in (mnist_data / ".dfad-cache").glob("*.pt"):
+        if f.name.startswith(("mnist", "usps")):
+            (data / ".dfad-cache" / f.name).symlink_to(f)
+    if not (data / "usps").exists():
+        pytest.skip("USPS not under $DFAD_DATA")
+    env = {**os.environ, "DFAD_DATA": str(data), "DFAD_DOWNLOAD": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "harness.cli", "run", "mnist", "--profile", "smoke", "--no-report",
+           "--methods", "kd_rel,kd_unr,random,dafl", "--runs-dir", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = {m: json.loads((tmp_path / "runs" / "mnist" / m / "seed-0" / "summary.json").read_text())
+               for m in ("kd_rel", "kd_unr", "random", "dafl")}
+    for m in ("kd_rel", "random", "dafl"):
+        assert summary[m]["status"] == "done", summary[m]
+    unr = summary["kd_unr"]
+    assert unr["status"] == "failed" and unr["unavailable"] is True
+    assert "cifar10" in unr["reason"] and "\n" not in unr["reason"]
+
+
+@pytest.mark.parametrize("profile", ["paper", "quick", "smoke", "cifar10"])
+def test_ablation_variants_differ_only_in_loss(profile):
+    from harness.config import load_suite
+
+    s = load_suite("ablation-loss", profile)
+    params = {m: s.method_params(m).model_dump() for m in s.method_names()}
+    assert {m: s.run_config(m, 0)["method_class"] for m in params} == dict.fromkeys(params, "dfad")
+    assert {p.pop("loss") for p in params.values()} == {"mae", "mse", "kld"}
+    assert all(p == params["dfad_mae"] for p in params.values())  # the rest identical, as are seeds and budget
+
+
+def test_dfad_uses_one_discrepancy_for_both_stages():
+    m = setup_method("dfad", dict(batch_size=8, nz=16, ngf=8, k=3, loss="mse"))
+    calls = []
+    inner = m.discrepancy
+    m.discrepancy = lambda s, t: calls.append(1) or inner(s, t)
+    m.step(0)
+    assert inner.__name__ == "mse" and len(calls) == 3 + 1  # k student steps + the generator step
+
+
+@pytest.mark.parametrize("suite,weights,opt_S,lr", [
+    ("mnist", (1.0, 5.0, 0.1), "adam", (2e-3, 0.2)),
+    ("cifar10", (0.05, 5.0, 0.01), "sgd", (0.1, 0.02)),
+    ("cifar100", (0.5, 20.0, 0.1), "sgd", (0.1, 0.02)),
+])
+def test_paper_profiles_carry_dafl_official_settings(suite, weights, opt_S, lr):
+    from harness.config import load_suite
+
+    s = load_suite(suite, "paper")
+    assert s.method_names()[:6] == ["kd_ori", "kd_rel", "kd_unr", "random", "dafl", "dfad"]  # Table 2's rows
+    p = s.method_params("dafl")
+    assert (p.w_oh, p.w_ie, p.w_a) == weights and p.optimizer_S == opt_S and (p.lr_S, p.lr_G) == lr
+    if suite != "mnist":
+        assert p.nz == 1000 and p.milestones == [0.4, 0.8] and p.weight_decay == 5e-4
+    r, d = s.method_params("random"), s.method_params("dfad")
+    assert r.source == "noise" and r.model_dump(exclude={"source"}) == d.model_dump()  # DFAD's budget and losses

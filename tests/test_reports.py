@@ -1,0 +1,200 @@
+"""Golden tests of reports/: a run store written from small known numbers renders to exact Markdown and
+LaTeX (means, stds, bold, FAILED / n/a and their footnotes); plots are valid PNG/PDF; LaTeX compiles."""
+import shutil
+import subprocess
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.config import load_suite
+from harness.models import build_model
+from harness.store import Store, write_json
+from reports import plots
+from reports.ablation import ablation_table
+from reports.build import suite_report
+from reports.latex import standalone, to_latex
+from reports.markdown import to_markdown
+from reports.table import build_table
+
+SUITE = """
+dataset: mnist
+teacher: {model: {name: lenet5}}
+student: {name: lenet5_half}
+budget: {iterations: 100, eval_every: 50}
+methods: {kd_ori: {}, dfad: {nz: 8, ngf: 4, batch_size: 4}}
+paper: {teacher: 0.989, kd_ori: 0.988, kd_unr: 0.957, dafl: 0.981, dfad: 0.983}
+"""
+ABLATION = """
+dataset: mnist
+teacher: {model: {name: lenet5}}
+student: {name: lenet5_half}
+budget: {iterations: 100, eval_every: 50}
+methods: {dfad_mae: {method: dfad, loss: mae}, dfad_mse: {method: dfad, loss: mse}, dfad_kld: {method: dfad, loss: kld}}
+"""
+
+
+def put(store, method, seed, status="done", best=None, final=None, **extra):
+    rd = store.run(method, seed)
+    write_json(rd.summary_path, {"status": status, "best_acc": best, "final_acc": final if final else best,
+                                 "student_macs": 133740, "profile": "paper", **extra})
+    if status == "done":  # two evaluations, the second the best; losses for the DFAD curves
+        rd.write_metrics([{"iteration": 50, "test_acc": best - 0.1, "elapsed_s": 1.0, "loss_S": 0.5 + seed,
+                           "loss_G": -0.5}, {"iteration": 100, "test_acc": best, "elapsed_s": 2.0,
+                                             "loss_S": 0.2, "loss_G": -0.3}])
+    return rd
+
+
+@pytest.fixture
+def golden(tmp_path):
+    path = tmp_path / "mnist.yaml"  # stem "mnist": the store dir the --paper-table cls column reads
+    path.write_text(SUITE)
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", "mnist")
+    write_json(store.teacher_summary_path, {"test_acc": 0.989, "macs": 433000})
+    for seed, acc in enumerate((0.987, 0.988, 0.989)):
+        put(store, "kd_ori", seed, best=acc)
+    for seed, acc in enumerate((0.981, 0.983, 0.985)):
+        put(store, "dfad", seed, best=acc)
+    put(store, "random", 0, "failed", reason="RuntimeError: boom")
+    put(store, "kd_rel", 0, "failed", reason="USPS not under $DFAD_DATA", unavailable=True)
+    put(store, "zskt", 0, best=0.95), put(store, "zskt", 1, best=0.97)
+    put(store, "zskt", 2, "failed", reason="diverged: loss is nan")
+    return suite, tmp_path / "runs"
+
+
+CAPTION = ("Test accuracy (best over evaluations), mean ± std over n=2-3 (cells with fewer seeds say so) seeds; "
+           "FLOPs: student MACs per image; bold: best data-free result per dataset; profile: paper.")
+MD = f"""**{CAPTION}**
+
+| Method | MNIST FLOPs | MNIST Acc. |
+|:--|--:|--:|
+| Teacher | 433K | 0.989 |
+| KD-ORI | 134K | 0.988 ± 0.001 |
+| KD-REL | 134K | n/a<sup>a</sup> |
+| KD-UNR | 134K | n/a<sup>b</sup> |
+| *data-free* |  |  |
+| RANDOM | 134K | FAILED<sup>c</sup> |
+| DAFL | 134K | n/a<sup>b</sup> |
+| DFAD | 134K | **0.983 ± 0.002** |
+| *later data-free methods* |  |  |
+| ZSKT | 134K | 0.960 ± 0.014 (n=2)<sup>d</sup> |
+
+<sup>a</sup> could not run: USPS not under $DFAD_DATA  
+<sup>b</sup> not run  
+<sup>c</sup> run failed: RuntimeError: boom  
+<sup>d</sup> 1 of 3 seeds did not finish: diverged: loss is nan  
+"""
+TEX_BODY = r"""\midrule
+Teacher & 433K & 0.989 \\
+KD-ORI & 134K & 0.988 $\pm$ 0.001 \\
+KD-REL & 134K & n/a\textsuperscript{a} \\
+KD-UNR & 134K & n/a\textsuperscript{b} \\
+\midrule
+RANDOM & 134K & FAILED\textsuperscript{c} \\
+DAFL & 134K & n/a\textsuperscript{b} \\
+DFAD & 134K & \bfseries 0.983 $\pm$ 0.002 \\
+\midrule
+ZSKT & 134K & 0.960 $\pm$ 0.014 (n=2)\textsuperscript{d} \\
+\bottomrule
+"""
+
+
+def test_golden_markdown(golden):
+    suite, runs = golden
+    assert to_markdown(build_table([suite], ["mnist"], runs)) == MD
+
+
+def test_golden_latex(golden):
+    suite, runs = golden
+    tex = to_latex(build_table([suite], ["mnist"], runs))
+    assert TEX_BODY in tex
+    assert "\\toprule\n & \\multicolumn{2}{c}{MNIST} \\\\\n\\cmidrule(lr){2-3}\n & FLOPs & Acc. \\\\\n" in tex
+    assert r"\textsuperscript{d}\,1 of 3 seeds did not finish: diverged: loss is nan" in tex
+    assert r"\textsuperscript{a}\,could not run: USPS not under \$DFAD\_DATA" in tex
+    assert r"mean $\pm$ std over n=2-3" in tex
+
+
+def test_with_paper_and_final_metric(golden):
+    suite, runs = golden
+    md = to_markdown(build_table([suite], ["mnist"], runs), "under")
+    assert "| DFAD | 134K | **0.983 ± 0.002** |\n| *paper* |  | *0.983* |" in md
+    delta = to_latex(build_table([suite], ["mnist"], runs), "delta")
+    assert r"DFAD & 134K & \bfseries 0.983 $\pm$ 0.002 & +0.000 \\" in delta
+    final = to_markdown(build_table([suite], ["mnist"], runs, metric="final"))
+    assert "(final over evaluations)" in final
+
+
+def test_ablation_table(tmp_path):
+    path = tmp_path / "ablation-loss.yaml"
+    path.write_text(ABLATION)
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", suite.name)
+    for seed, (a, b, c) in enumerate(((0.98, 0.95, 0.90), (0.97, 0.96, 0.92))):
+        put(store, "dfad_mae", seed, best=a), put(store, "dfad_mse", seed, best=b), put(store, "dfad_kld", seed, best=c)
+    md = to_markdown(ablation_table([suite], tmp_path / "runs"))
+    assert "| Loss | MNIST Acc. |" in md
+    assert "| MAE | **0.975 ± 0.007** |\n| MSE | 0.955 ± 0.007 |\n| KLD | 0.910 ± 0.014 |" in md
+    tex = to_latex(ablation_table([suite], tmp_path / "runs"))
+    assert "MAE & \\bfseries 0.975 $\\pm$ 0.007 \\\\\nMSE & 0.955 $\\pm$ 0.007 \\\\" in tex
+    compiles(tmp_path, standalone(tex))
+    png = plots.ablation([suite], tmp_path / "runs", tmp_path / "out")
+    assert_image(png)
+
+
+def assert_image(png):
+    import matplotlib.image
+
+    assert png is not None and png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    h, w = matplotlib.image.imread(png).shape[:2]
+    assert h > 100 and w > 100
+    assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_plots_and_report_md(golden):
+    suite, runs = golden
+    for seed in range(3):  # a generator checkpoint as the runner leaves it, rebuilt by the sample grid
+        rd = Store(runs, "mnist").run("dfad", seed)
+        rd.write_config({"params": {"generator": "generator_a", "nz": 8, "ngf": 4}})
+        G = build_model("generator_a", nz=8, ngf=4, input_shape=(1, 32, 32))
+        torch.save({"method": {"modules": {"generator": G.state_dict()}}}, rd.checkpoint)
+    report = suite_report(suite, runs)
+    out = report.parent
+    for name in ("accuracy", "losses", "samples"):
+        assert_image(out / f"{name}.png")
+        assert f"({name}.png)" in report.read_text()
+    assert {"table.md", "table.tex", "table.csv", "table.html", "table-standalone.tex"} <= {
+        p.name for p in out.iterdir()}
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex not installed (see docs/reports.md)")
+def test_latex_compiles(golden, tmp_path):
+    suite, runs = golden
+    compiles(tmp_path, standalone(to_latex(build_table([suite], ["mnist"], runs), "under")))
+    compiles(tmp_path, standalone(to_latex(build_table([suite], ["mnist"], runs), "delta")))
+
+
+def compiles(where, document: str):
+    """pdflatex the document when pdflatex is installed; the golden strings are checked either way."""
+    if not shutil.which("pdflatex"):
+        return
+    (where / "t.tex").write_text(document)
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=where,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert (where / "t.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_cli_paper_table_and_formats(golden):
+    _, runs = golden
+    r = CliRunner().invoke(app, ["report", "--paper-table", "cls", "--runs-dir", str(runs), "--format", "latex"])
+    assert r.exit_code == 0, r.output
+    assert r"\multicolumn{2}{c}{Caltech101}" in r.output and "no suite file for this dataset yet" in r.output
+    assert r"DFAD & 134K & \bfseries 0.983 $\pm$ 0.002" in r.output
+    assert (runs / "report" / "paper-table-cls-standalone.tex").is_file()
+    rows = (runs / "report" / "paper-table-cls.csv").read_text().splitlines()
+    assert rows[0].startswith("method,label,group,dataset,status,mean,std,n")
+    bad = CliRunner().invoke(app, ["report", "--paper-table", "xyz", "--runs-dir", str(runs)])
+    assert bad.exit_code == 2 and "--paper-table 'xyz'" in bad.output
+

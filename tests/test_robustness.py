@@ -1,0 +1,106 @@
+"""Nothing lost: a SIGKILLed run resumes from its checkpoint, Ctrl-C checkpoints and exits 130,
+two processes on one suite run each run once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+
+BASE = ["--profile", "smoke", "--methods", "dfad", "budget.iterations=160", "budget.eval_every=10",
+        "runtime.deterministic=true", "--no-report"]
+
+
+def start(runs, *extra, env=None):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "mnist", *BASE, "--runs-dir", str(runs),
+                             *extra], cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_rows(metrics: Path, n: int, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > n:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("run made no progress")
+
+
+def student_of(runs):
+    return torch.load(runs / "mnist" / "dfad" / "seed-0" / "student.pt", weights_only=True)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, mnist_data):
+    env = {"DFAD_DATA": str(mnist_data)}
+    a = tmp_path / "a"
+    p = start(a, env=env)
+    rd = a / "mnist" / "dfad" / "seed-0"
+    wait_for_rows(rd / "metrics.csv", 4, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = torch.load(rd / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 0 < killed_at < 160
+
+    again = start(a, env=env)
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out
+    assert f"resuming at {killed_at}" in out
+    s = json.loads((rd / "summary.json").read_text())
+    assert s["status"] == "done" and s["iterations"] == 160 and s["resumed_from"] == killed_at
+    iters = [int(line.split(",")[0]) for line in (rd / "metrics.csv").read_text().splitlines()[1:]]
+    assert iters == list(range(10, 161, 10))  # the history continues from the checkpoint, no gap, no repeat
+
+    # an uninterrupted run with the same teacher ends with the same student, bit for bit
+    teacher = next((a / "teachers").glob("*/teacher.pt"))
+    b = tmp_path / "b"
+    ref = start(b, f"teacher.checkpoint={teacher}", env=env)
+    assert ref.wait(timeout=300) == 0
+    for k, v in student_of(b).items():
+        assert torch.equal(v, student_of(a)[k]), k
+
+
+def test_ctrl_c_checkpoints_and_exits_130(tmp_path, mnist_data):
+    runs = tmp_path / "r"
+    p = start(runs, "budget.iterations=100000", "budget.eval_every=1000", env={"DFAD_DATA": str(mnist_data)})
+    rd = runs / "mnist" / "dfad" / "seed-0"
+    t0 = time.time()
+    while not (rd / "summary.json").exists() and time.time() - t0 < 120:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 130, out
+    state = torch.load(rd / "checkpoint.pt", weights_only=True)
+    assert 0 < state["iteration"] < 1000  # saved between evaluations, at the moment of the interrupt
+    assert json.loads((rd / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_two_processes_run_each_run_once(tmp_path, mnist_data):
+    runs = tmp_path / "r"
+    env = {"DFAD_DATA": str(mnist_data)}
+    extra = ["--seeds", "0,1,2", "budget.iterations=40"]
+    procs = [start(runs, *extra, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ran = [line for out in outs for line in out.splitlines() if line.strip().startswith("dfad seed") and ": done" in line]
+    assert sorted(ran) == sorted({*ran}) and len(ran) == 3, outs  # each seed trained by exactly one process
+    for seed in range(3):
+        assert json.loads((runs / "mnist" / "dfad" / f"seed-{seed}" / "summary.json").read_text())["status"] == "done"
+
+
+def test_chance_accuracy_for_too_long_fails_the_run(tmp_path, mnist_data):
+    # lr_S = 1e-9 leaves the student where it started: at chance
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "mnist", *BASE, "--runs-dir", str(tmp_path),
+                        "budget.iterations=40", "budget.chance_evals=3", "methods.dfad.lr_S=1e-9"],
+                       cwd=REPO, env={**os.environ, "DFAD_DATA": str(mnist_data), "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr  # the suite goes on
+    s = json.loads((tmp_path / "mnist" / "dfad" / "seed-0" / "summary.json").read_text())
+    assert s["status"] == "failed" and "chance" in s["reason"]

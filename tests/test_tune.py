@@ -1,0 +1,112 @@
+"""Optuna tuning (two workers sharing a journal file), its overlay for `run --params`, and the
+submitit launcher's local executor."""
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.config import load_suite
+from harness.errors import HarnessError
+
+# as in test_tracking: a small fp32 teacher (cached once per session), a tiny budget
+TEACHER = ["teacher.recipe.train_subset=2000", "teacher.recipe.precision=fp32"]
+TINY = TEACHER + ["runtime.precision=fp32", "budget.iterations=4", "budget.eval_every=2", "methods.dfad.batch_size=8",
+                  "methods.dfad.k=1"]
+# a small space, so four trials take seconds
+SPACE = ["search.dfad.batch_size.choices=[8,16]", "search.dfad.nz.choices=[16,32]", "search.dfad.k.high=2"]
+
+
+def smoke_teachers(tmp_path_factory, dest):
+    import shutil
+
+    import torch
+
+    from harness.teacher import ensure_teacher
+
+    cache = tmp_path_factory.getbasetemp() / "smoke-teachers"
+    if not (cache / "teachers").is_dir():
+        ensure_teacher(load_suite("mnist", "smoke", TEACHER), cache, torch.device("cpu"), log=lambda *_: None)
+    shutil.copytree(cache / "teachers", dest / "teachers", dirs_exist_ok=True)
+
+
+@pytest.fixture
+def runs(tmp_path, tmp_path_factory, mnist_data, monkeypatch):
+    for var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    smoke_teachers(tmp_path_factory, tmp_path)
+    return tmp_path
+
+
+def test_two_workers_share_a_journal_and_lose_no_trial(runs):
+    import optuna
+
+    from harness.tracking import find_run, read_run
+    from harness.tune import open_storage, tune
+
+    suite = load_suite("mnist", "smoke", TINY + SPACE + ["budget.iterations=6"])
+    rec = tune(suite, "dfad", trials=4, jobs=2, runs_dir=runs, log=lambda *_: None)
+    study = optuna.load_study(study_name="mnist-dfad-smoke", storage=open_storage(None, runs, "mnist-dfad-smoke"))
+    trials = study.trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none duplicated
+    states = {t.state.name for t in trials}
+    assert states <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states
+    assert sum(rec["trials"].values()) == 4
+    ids = [t.user_attrs["wandb_id"] for t in trials]
+    assert len(set(ids)) == 4
+    for t in trials:
+        run = read_run(find_run(runs, t.user_attrs["wandb_id"]))
+        assert run["run"]["group"] == "mnist-dfad-smoke" and run["run"]["job_type"] == "trial"
+        assert run["run"]["name"] == f"trial-{t.number}" and run["config"]["trial"] == t.number
+        assert "val_acc" in run["history"][0] and "test_acc" not in run["history"][0]
+        assert [r["iteration"] for r in run["history"]] == sorted(t.intermediate_values)
+    # two studies' workers drew their own points: the four trials are not one point repeated
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) > 1
+
+    out = runs / "tune" / "mnist-dfad-smoke"
+    assert (out / "optimization_history.png").stat().st_size > 0
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best == {"methods": {"dfad": study.best_params}}
+    # (command-line overrides apply after --params, so none here)
+    tuned = load_suite("mnist", "smoke", params_file=str(out / "best.yaml")).method_params("dfad")
+    assert {k: getattr(tuned, k) for k in study.best_params} == study.best_params
+    assert json.loads((out / "study.json").read_text())["best_value"] == study.best_value
+
+
+def test_objective_never_sees_the_test_set():
+    from harness.data import get_dataset
+    from harness.tune import split_train
+
+    spec = get_dataset("mnist")
+    train = spec.load("train")
+    fit, val = split_train(spec)
+    assert len(fit) + len(val) == len(train) and len(val) == len(train) // 10
+    assert (val.x == train.x[-len(val):]).all()  # the last 10% of the training images, not the test set
+
+
+def test_storage_and_search_errors_are_one_line(tmp_path):
+    from harness.tune import open_storage, tune
+
+    with pytest.raises(HarnessError) as e:
+        open_storage("postgresql://bob:hunter2@127.0.0.1:9/optuna", tmp_path, "s")
+    assert "\n" not in str(e.value) and "hunter2" not in str(e.value) and "127.0.0.1:9" in str(e.value)
+    suite = load_suite("mnist", "smoke", TINY)
+    with pytest.raises(HarnessError, match="no search space for kd_ori"):
+        tune(suite.model_copy(update={"search": {}}), "kd_ori", 2, runs_dir=tmp_path)
+    with pytest.raises(HarnessError, match="--pruner"):
+        tune(suite, "dfad", 2, pruner="never", runs_dir=tmp_path)
+    with pytest.raises(HarnessError, match="search.dfad.nz: not a hyperparameter|search.dfad.lr_X"):
+        load_suite("mnist", "smoke", ["search.dfad.lr_X.low=1", "search.dfad.lr_X.high=2"])
+    with pytest.raises(HarnessError, match="search.dfad.lr_S.*low 0.1 must be below high"):
+        load_suite("mnist", "smoke", ["search.dfad.lr_S.low=0.1", "search.dfad.lr_S.high=0.01"])
+
+
+def test_run_with_the_local_launcher(runs):
+    res = CliRunner().invoke(app, ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds", "0",
+                                   "--runs-dir", str(runs), "--no-report", "--launcher", "local", *TINY])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((runs / "mnist" / "dfad" / "seed-0" / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["wandb_mode"] == "offline"
+    assert list((runs / "submitit" / "mnist").glob("*_log.out"))
+
