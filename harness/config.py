@@ -259,6 +259,9 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         raw = deep_merge(raw, read_yaml(Path(params_file)))
     for text in overrides:
         apply_override(raw, *parse_override(text))
+    default_methods = raw.pop("run_methods", None)  # a profile's default selection (e.g. CPU-sized)
+    if not methods and default_methods:
+        methods = list(default_methods)
     if methods:
         known = raw.get("methods") or {}
         for m in methods:
