@@ -21,6 +21,8 @@ BUDGET_KEYS = ("iterations", "eval_every")
 
 
 def make_method(name: str, ctx: Context, hyperparameters: dict) -> Method:
+    import methods  # noqa: F401  (register every method)
+
     cls = METHODS.get(name)
     try:
         params = cls.Params(**hyperparameters)
@@ -48,20 +50,29 @@ def training_batches(ctx: Context, source: Optional[str], batch_size: int):
 
 def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,
                   iterations: int, device="auto", precision="auto", channels_last="auto",
-                  dataset: str | None = None, train_set=None) -> Context:
+                  dataset: str | None = None, train_set=None, fast: bool = True, compile: bool = False) -> Context:
+    """The run's models on the device, with the speed switches applied.
+
+    fast=False is the plain path `speed` compares against: the teacher keeps its parameter gradients
+    and the imitation steps build its graph, as the official loop does.
+    """
     dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
     torch.manual_seed(seed)
     teacher = teacher.to(dev).eval()
     for p in teacher.parameters():
-        p.requires_grad_(False)
-    cl = channels_last == "on" or (channels_last == "auto")
+        p.requires_grad_(not fast)
+    # channels-last: measured 2x faster for GeneratorA convolutions on this project's AVX-512 CPU and
+    # the usual choice for tensor cores; "off" where a CPU is slower with it (`dfad-bench speed` tells)
+    cl = channels_last in ("on", "auto")
     student = student.to(dev)
-    if cl:
-        student = student.to(memory_format=torch.channels_last)
-        teacher = teacher.to(memory_format=torch.channels_last)
+    mf = torch.channels_last if cl else torch.contiguous_format
+    student, teacher = student.to(memory_format=mf), teacher.to(memory_format=mf)
+    if compile:  # in place, so state_dict keys (checkpoints, student.pt) stay those of the plain module
+        student.compile()
+        teacher.compile()
     return Context(teacher=teacher, student=student, input_shape=tuple(input_shape), num_classes=num_classes,
                    device=dev, iterations=iterations, seed=seed,
-                   precision=env.resolve_precision(precision, dev), channels_last=cl,
+                   precision=env.resolve_precision(precision, dev), channels_last=cl, fast=fast,
                    dataset=dataset, train_set=train_set)
 
 

@@ -89,11 +89,12 @@ def run(suite: str = typer.Argument(..., help="suite name in benchmarks/ or path
 
 
 def _report(s, runs_dir, metric="best"):
-    from reports.table import write_report
+    """The end-of-run report: tables (paper's values beside ours), figures and report.md."""
+    from reports.build import suite_report
 
-    out, df = write_report(s, runs_dir, metric)
-    typer.echo((out / "table.md").read_text())
-    typer.echo(f"wrote {out}/table.{{md,tex,csv}}")
+    out = suite_report(s, runs_dir, metric, "under")
+    typer.echo((Path(runs_dir) / s.name / "report" / "table.md").read_text())
+    typer.echo(f"wrote {out} and {Path(runs_dir) / s.name / 'report'}/table.{{md,tex,csv}}")
 
 
 @app.command()
@@ -105,7 +106,7 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
                                                      "or 3, over the suites named after its datasets"),
            metric: str = typer.Option("best", "--metric", help="best | final"),
            fmt: str = typer.Option("md", "--format", help="what to print: latex | md | csv | html"),
-           with_paper: bool = typer.Option(False, "--with-paper", help="show the paper's values beside ours"),
+           with_paper: bool = typer.Option(True, "--with-paper/--no-paper", help="show the paper's values beside ours"),
            paper_as: str = typer.Option("under", "--paper-as", help="under (a row under ours) | delta (a column)"),
            ablation: bool = typer.Option(False, "--ablation", help="the loss-ablation table of these suites"),
            plots: bool = typer.Option(True, "--plots/--no-plots", help="figures and report.md (one suite)")):
@@ -194,6 +195,18 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
     env.set_threads(s.runtime.threads)
     t = ensure_teacher(s, runs_dir, env.resolve_device(s.runtime.device))
     typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test acc {t.acc:.4f} ({t.source}, {t.path})")
+
+
+@app.command()
+@guarded
+def speed(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
+          method: str = typer.Option("dfad", "--method", "-m"), iters: int = typer.Option(5, "--iters", min=1),
+          warmup: int = typer.Option(2, "--warmup", min=0), repeats: int = typer.Option(3, "--repeats", min=1),
+          profile: Optional[str] = PROFILE):
+    """Time a method's iterations: default path vs the plain eager fp32 NCHW loop; prints one JSON object."""
+    from .speed import speed_command
+
+    speed_command(suite, method, iters, warmup, repeats, profile, overrides)
 
 
 @app.command("ls")

@@ -35,6 +35,7 @@ class Context:
     seed: int = 0
     precision: torch.dtype | None = None  # bf16 autocast when set
     channels_last: bool = False
+    fast: bool = True  # False: the official loop's wasted work (teacher graphs and weight grads), for `speed`
     dataset: Optional[str] = None  # the suite's dataset name, for methods that read data
     train_set: Any = None  # a user's Dataset or ImageTensors, for data-driven methods
     extra: dict = field(default_factory=dict)
@@ -43,6 +44,10 @@ class Context:
         if self.precision is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
+
+    def no_grad_if_fast(self):
+        """No graph where none is needed; the plain path builds it anyway, as the official loop does."""
+        return torch.no_grad() if self.fast else contextlib.nullcontext()
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x

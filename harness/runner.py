@@ -126,7 +126,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         macs = count_macs(student, spec.input_shape)
         ctx = build_context(teacher.model, student, spec.input_shape, spec.num_classes, seed,
                             suite.budget.iterations, device, suite.runtime.precision, suite.runtime.channels_last,
-                            dataset=suite.dataset)
+                            dataset=suite.dataset, compile=suite.runtime.compile)
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last)

@@ -71,7 +71,8 @@ def make_pruner(kind: str, suite, trials: int):
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=b.eval_every, max_resource=b.iterations, reduction_factor=3)
     if kind == "median":  # the first evaluation is never judged: every student starts near chance
-        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(1, trials // 3)), n_warmup_steps=2 * b.eval_every)
+        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(1, trials // 3)),
+                                           n_warmup_steps=2 * b.eval_every)
     raise HarnessError(f"--pruner {kind!r}: choose median or hyperband")
 
 
@@ -174,7 +175,8 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     if method not in suite.methods:
         raise HarnessError(f"--method {method!r} is not in suite {suite.name} ({', '.join(suite.methods)})")
     if not suite.search.get(method):
-        raise HarnessError(f"suite {suite.name} has no search space for {method} (add a `search: {{{method}: ...}}` section)")
+        raise HarnessError(f"suite {suite.name} has no search space for {method} "
+                           f"(add a `search: {{{method}: ...}}` section)")
     if trials < 1 or jobs < 1:
         raise HarnessError("--trials and --jobs must be at least 1")
     runs_dir = Path(runs_dir).resolve()
@@ -182,7 +184,8 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     make_pruner(pruner, suite, trials)  # a bad --pruner fails here, not in every worker
     st = optuna.create_study(study_name=study, storage=open_storage(storage, runs_dir, study), direction="maximize",
                              load_if_exists=True)
-    st.set_user_attr("objective", f"best student accuracy on the last {VAL_FRACTION:.0%} of {suite.dataset}'s training set")
+    st.set_user_attr("objective", f"best student accuracy on the last {VAL_FRACTION:.0%} of "
+                                  f"{suite.dataset}'s training set")
     env.set_threads(suite.runtime.threads)
     ensure_teacher(suite, runs_dir, env.resolve_device(suite.runtime.device), log)  # once, before workers race on it
     jobs = min(jobs, trials)
@@ -273,7 +276,7 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
     from .cli import _load, fail
 
     try:
-        s = _load(suite, profile, overrides)
+        s = _load(suite, profile, overrides, methods=method)  # even if the profile's run_methods leave it out
         tune(s, method, trials, storage, study, jobs, pruner, runs_dir, seed, log=lambda m: typer.echo(m, err=True))
     except HarnessError as e:
         fail(str(e), e.exit_code)

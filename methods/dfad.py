@@ -79,9 +79,9 @@ class DFAD(AdversarialMethod):
     def step(self, it):
         c, S, T, G = self.ctx, self.ctx.student, self.ctx.teacher, self.generator
         for _ in range(self.p.k):
-            with torch.no_grad(), c.autocast():  # the teacher's graph is never needed here
-                x = c.prepare(G(self.noise()))
-                t = T(x)
+            with c.no_grad_if_fast(), c.autocast():  # the teacher's graph is never needed here
+                x = c.prepare(G(self.noise())).detach()
+                t = T(x).detach()
             with c.autocast():
                 loss_S = self.discrepancy(S(x), t)
             self.opt_S.zero_grad(set_to_none=True)

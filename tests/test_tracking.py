@@ -11,8 +11,8 @@ from harness.tracking import find_run, read_run, redact
 
 # a small fp32 teacher and a 4-iteration budget: seconds on a shared 2-core CPU
 TEACHER = ["teacher.recipe.train_subset=2000", "teacher.recipe.precision=fp32"]
-TINY = TEACHER + ["runtime.precision=fp32", "budget.iterations=4", "budget.eval_every=2", "methods.dfad.batch_size=8", "methods.dfad.k=1",
-        "tracking.wandb.sample_every=2", "tracking.wandb.samples=16"]
+TINY = TEACHER + ["runtime.precision=fp32", "budget.iterations=4", "budget.eval_every=2", "methods.dfad.batch_size=8",
+                  "methods.dfad.k=1", "tracking.wandb.sample_every=2", "tracking.wandb.samples=16"]
 
 
 def smoke_teachers(tmp_path_factory, dest):
@@ -47,6 +47,10 @@ def test_run_is_an_offline_wandb_run(runs):
     summary = cli_run(runs)
     assert summary["status"] == "done" and summary["wandb_mode"] == "offline"
     rec = read_run(find_run(runs, summary["wandb_id"]))
+    from harness.tracking import _records
+    from wandb.proto import wandb_internal_pb2 as pb
+    f = find_run(runs, summary["wandb_id"])
+    print("DBG", f, f.stat().st_size, [pb.Record.FromString(r).WhichOneof("record_type") for r in _records(f)])
     assert rec["run"] == {"id": summary["wandb_id"], "project": "dfad-bench", "group": "mnist", "job_type": "dfad",
                           "name": "dfad-seed0"}
     cfg = rec["config"]

@@ -1,0 +1,123 @@
+"""Write a measured-results file for benchmarks/results/ from a run store: the exact command, commit,
+machine, per-run numbers and times, n and spread. Numbers come from the store only, never by hand.
+
+usage: python benchmarks/record.py SUITE --runs-dir runs --out benchmarks/results/NAME.md \
+           --command "make benchmark-mnist SEEDS=0,1,2" [--time-log LOG] [--note TEXT] [--figures]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.config import load_suite, suite_path
+from harness.store import Store, read_json
+
+
+def wall_clock(log: Path) -> str | None:
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log.read_text(errors="replace"))
+    return m.group(1) if m else None
+
+
+def machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return f"{model}, {cores} cores ({', '.join(extras) or 'no AVX-512'}), {platform.system()} {platform.machine()}"
+
+
+def fmt(xs: list[float]) -> str:
+    if not xs:
+        return "n/a"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.4f} ± {sd:.4f} (n={len(xs)})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("suite")
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--time-log")
+    ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--figures", action="store_true", help="copy the report's PNGs beside the results file")
+    a = ap.parse_args()
+
+    name = suite_path(a.suite).stem
+    store = Store(a.runs_dir, name)
+    runs = [(rd, rd.summary()) for rd in store.runs()]
+    runs = [(rd, s) for rd, s in runs if s]
+    profile = next((s.get("profile") for _, s in runs if s.get("profile")), None)
+    suite = load_suite(a.suite, profile)
+    teacher = read_json(store.teacher_summary_path) or {}
+    commits = sorted({s.get("git_commit", "?") for _, s in runs})
+    devices = sorted({s.get("device", "?") for _, s in runs})
+    out = Path(a.out)
+    lines = [f"# {name}: {profile} profile", "",
+             f"- Recorded: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+             f"- Command: `{a.command}`",
+             f"- Commit(s) that ran: {', '.join(f'`{c}`' for c in commits)}",
+             f"- Machine: {machine()}; runs report device: {'; '.join(devices)}",
+             f"- Versions: {runs[0][1].get('versions') if runs else '?'}"]
+    if a.time_log and Path(a.time_log).exists():
+        lines.append(f"- Whole command, wall clock (`/usr/bin/time -v`): {wall_clock(Path(a.time_log))}")
+    for n in a.note:
+        lines.append(f"- Note: {n}")
+    if suite.notes.get(profile or ""):
+        lines.append(f"- What the profile scales: {suite.notes[profile]}")
+    lines += ["", "## Table", ""]
+    table = store.report_dir / "table.md"
+    lines += [table.read_text().strip() if table.exists() else "(no report: run `dfad-bench report`)", ""]
+
+    lines += ["## Per method (best = best test accuracy over evaluations; final = last evaluation)", "",
+              "| method | best | final | wall time per run (s) | s/iteration |", "|---|---|---|---|---|"]
+    by: dict[str, list[dict]] = {}
+    for rd, s in runs:
+        by.setdefault(rd.method, []).append(s)
+    for m in suite.method_names() + [m for m in by if m not in suite.methods]:
+        ss = [s for s in by.get(m, []) if s.get("status") == "done"]
+        failed = [s for s in by.get(m, []) if s.get("status") == "failed"]
+        if not ss:
+            lines.append(f"| {m} | {'FAILED: ' + failed[0].get('reason', '') if failed else 'not run'} | | | |")
+            continue
+        lines.append(f"| {m} | {fmt([s['best_acc'] for s in ss])} | {fmt([s['final_acc'] for s in ss])} | "
+                     f"{fmt([s['wall_time_s'] for s in ss])} | "
+                     f"{fmt([s['s_per_iter'] for s in ss if s.get('s_per_iter')])} |")
+    lines += ["", f"Teacher: {teacher.get('model', {}).get('name', '?') if isinstance(teacher.get('model'), dict) else teacher.get('model', '?')}, "
+              f"test acc {teacher.get('test_acc', float('nan')):.4f}, trained in {teacher.get('wall_time_s', '?')} s "
+              f"({teacher.get('source', '?')}; recipe {teacher.get('recipe', '?')})", ""]
+
+    lines += ["## Every run", "", "| method | seed | status | best | at iteration | final | iterations | wall s | "
+              "s/iter | teacher images | precision | reason |", "|" + "---|" * 12]
+    for rd, s in runs:
+        lines.append(f"| {rd.method} | {rd.seed} | {s.get('status')} | {s.get('best_acc', '')} | "
+                     f"{s.get('best_iteration', '')} | {s.get('final_acc', '')} | {s.get('iterations', '')} | "
+                     f"{s.get('wall_time_s', '')} | {s.get('s_per_iter', '')} | {s.get('teacher_forward_images', '')} | "
+                     f"{s.get('precision', '')} | {s.get('reason', '')} |")
+    total = sum(s.get("wall_time_s") or 0 for _, s in runs) + (teacher.get("wall_time_s") or 0)
+    lines += ["", f"Sum of run wall times (teacher included): {total / 60:.1f} min", ""]
+    if a.figures and store.report_dir.is_dir():
+        fig_dir = out.with_suffix("")
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for f in sorted(store.report_dir.iterdir()):
+            if f.suffix in (".png", ".tex", ".pdf") or f.name == "report.md":
+                shutil.copy(f, fig_dir / f.name)
+        lines += ["## Figures", ""] + [f"![{p.stem}]({fig_dir.name}/{p.name})" for p in sorted(fig_dir.glob("*.png"))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""`dfad-bench speed`: seconds per iteration of a method on the suite's models, default (fast) path
+against the plain eager fp32 NCHW loop with every switch off, measured alternately in one process.
+
+Speed claims are ratios from one run: the machines here change from day to day.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import env
+from .api import build_context, make_method
+from .config import Suite
+from .data import get_dataset
+from .runner import build_student
+from .teacher import build_teacher_model
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(suite: Suite, method: str, fast: bool, device, teacher, iters: int):
+    spec = get_dataset(suite.dataset)
+    torch.manual_seed(0)
+    rt = suite.runtime
+    ctx = build_context(teacher, build_student(suite), spec.input_shape, spec.num_classes, 0, iters + 10, device,
+                        rt.precision if fast else "fp32", rt.channels_last if fast else "off",
+                        dataset=suite.dataset, fast=fast, compile=rt.compile and fast)
+    m = make_method(suite.run_config(method, 0).get("method_class", method), ctx, suite.run_config(method, 0)["params"])
+    m.setup()
+    return m
+
+
+def time_steps(m, n: int) -> float:
+    if n == 0:
+        return 0.0
+    device = m.ctx.device
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(n):
+        m.step(i)
+    _sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def flops_per_iter(m) -> float:
+    with FlopCounterMode(display=False) as fc:
+        m.step(0)
+    return float(fc.get_total_flops())
+
+
+def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
+    """TFLOP/s of a large square matmul: the machine's practical limit for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e12
+
+
+def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
+    env.set_threads(suite.runtime.threads)
+    device = env.resolve_device(suite.runtime.device)
+    spec = get_dataset(suite.dataset)
+    # weights do not change the cost: random teachers spare the training
+    teacher = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
+    paths = {"default": build(suite, method, True, device, copy.deepcopy(teacher), iters),
+             "plain": build(suite, method, False, device, copy.deepcopy(teacher), iters)}
+    out: dict = {"suite": suite.name, "profile": suite.profile, "method": method, "device": env.device_name(device),
+                 "threads": torch.get_num_threads(), "iters": iters, "repeats": repeats,
+                 "batch_size": getattr(paths["default"].p, "batch_size", None), "git_commit": env.git_commit()}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for m in paths.values():
+        time_steps(m, warmup)
+    for _ in range(repeats):  # alternate, so drifts of the machine hit both paths alike
+        for name, m in paths.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times[name].append(time_steps(m, iters))
+            if device.type == "cuda":
+                out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    for name, m in paths.items():
+        s = statistics.median(times[name])
+        flops = flops_per_iter(m)
+        imgs = getattr(m, "teacher_images", None)
+        per_iter_imgs = None
+        if imgs is not None:
+            before = m.teacher_images
+            m.step(0)
+            per_iter_imgs = m.teacher_images - before
+        out.setdefault(name, {}).update({
+            "s_per_iter": round(s, 5), "s_per_iter_all": [round(t, 5) for t in times[name]],
+            "images_per_s": round(per_iter_imgs / s, 1) if per_iter_imgs else None,
+            "gflop_per_iter": round(flops / 1e9, 2), "achieved_tflops": round(flops / s / 1e12, 4),
+            "precision": str(m.ctx.precision or "fp32").replace("torch.", ""),
+            "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast,
+        })
+    out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["matmul_peak_tflops"] = {"fp32": round(matmul_peak(device, torch.float32), 4)}
+    if env.native_bf16(device):
+        out["matmul_peak_tflops"]["bf16"] = round(matmul_peak(device, torch.bfloat16), 4)
+    return out
+
+
+def speed_command(suite: str, method: str = "dfad", iters: int = 5, warmup: int = 2, repeats: int = 3,
+                  profile: str | None = None, overrides: list[str] | None = None) -> None:
+    from .cli import _load
+
+    s = _load(suite, profile, overrides or [], announce=False)
+    if method not in s.methods:
+        from .errors import HarnessError
+        from .registry import unknown
+
+        raise HarnessError(unknown("method", method, s.method_names()) + f" (suite {s.name})")
+    print(json.dumps(measure(s, method, iters, warmup, repeats)))

@@ -1,0 +1,46 @@
+"""The fast path computes the same method as the plain loop; `speed` reports both."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO
+from harness.api import build_context, make_method
+from harness.models import build_model
+
+
+def _student_after(fast: bool, steps=3):
+    torch.manual_seed(0)
+    teacher, student = build_model("lenet5"), build_model("lenet5_half")
+    ctx = build_context(teacher, student, (1, 32, 32), 10, seed=0, iterations=10, precision="fp32",
+                        channels_last="off", fast=fast)
+    m = make_method("dfad", ctx, {"batch_size": 8, "nz": 16, "ngf": 4})
+    m.setup()
+    for i in range(steps):
+        m.step(i)
+    return ctx, torch.cat([p.detach().flatten() for p in student.parameters()])
+
+
+def test_fast_path_is_the_same_computation():
+    plain_ctx, plain = _student_after(fast=False)
+    fast_ctx, fast = _student_after(fast=True)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    assert all(p.requires_grad for p in plain_ctx.teacher.parameters())  # the official loop's waste
+    assert not any(p.requires_grad for p in fast_ctx.teacher.parameters())
+    assert all(p.grad is None for p in fast_ctx.teacher.parameters())
+
+
+def test_speed_command_prints_one_json_object():
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "speed", "mnist", "--profile", "smoke", "--iters", "1",
+                        "--repeats", "1", "--warmup", "0"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for path in ("default", "plain"):
+        assert out[path]["s_per_iter"] > 0 and out[path]["gflop_per_iter"] > 0
+    assert out["plain"]["precision"] == "fp32" and out["plain"]["channels_last"] is False
+    assert out["speedup"] == round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
+    assert out["matmul_peak_tflops"]["fp32"] > 0
