@@ -41,6 +41,17 @@ benchmark-cifar10: setup data
 benchmark-cifar100: setup data
 	$(BIN)/dfad-bench run cifar100 $(RUN_FLAGS)
 
+# The paper's Table 3 (CamVid; NYUv2 needs its data under DFAD_DATA/NYUv2) and Table 2's Caltech101 column.
+.PHONY: benchmark-camvid benchmark-nyuv2 benchmark-caltech101
+benchmark-camvid: setup data
+	$(BIN)/dfad-bench run camvid $(RUN_FLAGS)
+
+benchmark-nyuv2: setup data
+	$(BIN)/dfad-bench run nyuv2 $(RUN_FLAGS)
+
+benchmark-caltech101: setup data
+	$(BIN)/dfad-bench run caltech101 $(RUN_FLAGS)
+
 # The DFAD loss ablation (MAE / MSE / KLD, MNIST), then its table (and curves, from the reports).
 .PHONY: ablation-mnist
 ablation-mnist: setup data

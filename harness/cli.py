@@ -57,6 +57,13 @@ def guarded(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted: finished runs and checkpoints are kept; rerun to resume", err=True)
             raise typer.Exit(130)
+        except OSError as e:
+            from .store import STORAGE_ERRNOS
+
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            fail(f"cannot write {e.filename or 'a file'} ({e.strerror}); finished runs and the last good "
+                 f"checkpoints are kept: free space and rerun to resume")
 
     return wrapper
 

@@ -141,7 +141,7 @@ class Suite(Strict):
     def method_params(self, name: str):
         entry = dict(self.methods.get(name) or {})
         entry.pop("method", None)
-        return self.method_class(name).Params(**entry)
+        return self.method_class(name).Params.model_validate(entry)  # keys need not be strings
 
     def method_names(self) -> list[str]:
         return list(self.methods)
@@ -252,6 +252,8 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     if profile != "paper":
         if profile not in profiles:
             raise HarnessError(unknown("profile", profile, ["paper", *profiles]) + f" (suite {path.stem})")
+        if not isinstance(profiles[profile], dict):
+            raise HarnessError(f"{path}: profiles.{profile} must be a mapping")
         raw = deep_merge(raw, profiles[profile])
     raw.setdefault("name", path.stem)
     raw["profile"] = profile
@@ -260,10 +262,15 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     for text in overrides:
         apply_override(raw, *parse_override(text))
     default_methods = raw.pop("run_methods", None)  # a profile's default selection (e.g. CPU-sized)
+    if default_methods is not None and not (isinstance(default_methods, list)
+                                            and all(isinstance(m, str) for m in default_methods)):
+        raise HarnessError(f"{path}: run_methods must be a list of method names (got {default_methods!r})")
     if not methods and default_methods:
         methods = list(default_methods)
     if methods:
         known = raw.get("methods") or {}
+        if not isinstance(known, dict):
+            raise HarnessError(f"{path}: methods must be a mapping of method names (got {known!r})")
         for m in methods:
             if m not in known:
                 METHODS.get(m)
@@ -277,7 +284,7 @@ def validate(raw: dict, source: str = "suite") -> Suite:
     import methods  # noqa: F401  (register every method before checking names)
 
     try:
-        suite = Suite(**raw)
+        suite = Suite.model_validate(raw)  # not Suite(**raw): a YAML key may be a number
         for name, params in suite.methods.items():
             if params is not None and not isinstance(params, dict):
                 raise HarnessError(f"methods.{name}: expected a mapping of hyperparameters, got {params!r}")
@@ -307,7 +314,7 @@ def check_search(suite: Suite) -> None:
                 raise HarnessError(f"search.{name}.{key}: not a hyperparameter of {name} ({', '.join(fields)})")
             for v in sp.choices if sp.choices is not None else (sp.low, sp.high):
                 try:
-                    suite.method_class(name).Params(**{**base, key: v})
+                    suite.method_class(name).Params.model_validate({**base, key: v})
                 except ValidationError as e:
                     raise HarnessError(f"search.{name}.{key}: {v!r} is not valid ({one_line(e)})") from None
 

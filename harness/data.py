@@ -30,6 +30,7 @@ class ImageTensors:
     y: torch.Tensor
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    metric: str = "acc"  # "miou": labels are (N, H, W) maps, scored by mIoU (harness/seg.py)
 
     def __len__(self):
         return len(self.y)
@@ -45,7 +46,7 @@ class ImageTensors:
         return x
 
     def to(self, device) -> "ImageTensors":
-        return ImageTensors(self.x.to(device), self.y.to(device), self.mean, self.std)
+        return ImageTensors(self.x.to(device), self.y.to(device), self.mean, self.std, self.metric)
 
     def adapt(self, input_shape) -> "ImageTensors":
         """Same images in another shape: channels repeated or averaged, resized to H x W."""
@@ -57,10 +58,10 @@ class ImageTensors:
             x = xf.round().to(self.x.dtype) if self.x.dtype == torch.uint8 else xf
         if tuple(x.shape[-2:]) != (h, w):
             x = resize(x, (h, w))
-        return ImageTensors(x, self.y, self.mean, self.std)
+        return ImageTensors(x, self.y, self.mean, self.std, self.metric)
 
     def with_stats(self, mean, std) -> "ImageTensors":
-        return ImageTensors(self.x, self.y, mean, std)
+        return ImageTensors(self.x, self.y, mean, std, self.metric)
 
 
 def resize(x: torch.Tensor, hw) -> torch.Tensor:
@@ -82,11 +83,15 @@ class DatasetSpec:
     augment: str = "none"  # "crop_flip": random 4-px-padded crop and horizontal flip (CIFAR)
     how_to_get: str = ""
     splits: tuple[str, ...] = field(default=("train", "test"))
+    metric: str = "acc"  # "acc" | "miou" (segmentation: void labels ignored); the loop's evaluate dispatches on it
 
     def load(self, split: str, root: Path | None = None) -> ImageTensors:
         root = Path(root) if root is not None else data_root()
-        x, y = cached(self.name, split, root, lambda: self.loader(root, split))
-        return ImageTensors(x, y, self.mean, self.std)
+        try:
+            x, y = cached(self.name, split, root, lambda: self.loader(root, split))
+        except MissingDataError as e:  # name the split: a root may hold train but not test
+            raise MissingDataError(f"{e}; needed for its {split} split") from None
+        return ImageTensors(x, y, self.mean, self.std, self.metric)
 
 
 def cached(name: str, split: str, root: Path, load) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +211,10 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 
+# augment name -> fn(x, y, gen) -> (x, y), for datasets whose labels move with the image (harness/segdata.py)
+PAIRED_AUGMENTS: dict[str, Callable] = {}
+
+
 class TensorBatches:
     """Endless shuffled batches from ImageTensors, normalised (and augmented) on the device."""
 
@@ -225,10 +234,12 @@ class TensorBatches:
             self._pos = 0
         idx = self._perm[self._pos: self._pos + self.batch_size]
         self._pos += self.batch_size
-        x = self.data.x[idx]
+        x, y = self.data.x[idx], self.data.y[idx]
         if self.augment == "crop_flip":
             x = crop_flip(x, self.gen)
-        return self.data.normalize(x), self.data.y[idx]
+        elif self.augment in PAIRED_AUGMENTS:  # dense labels: the same crop/flip for image and label map
+            x, y = PAIRED_AUGMENTS[self.augment](x, y, self.gen)
+        return self.data.normalize(x), y
 
     def state_dict(self):
         return {"gen": self.gen.get_state(), "perm": self._perm, "pos": self._pos}
@@ -272,4 +283,8 @@ def materialize(dataset: Dataset, batch_size: int = 512) -> ImageTensors:
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         xs.append(torch.as_tensor(x).float())
         ys.append(torch.as_tensor(y).long())
-    return ImageTensors(torch.cat(xs), torch.cat(ys))
+    y = torch.cat(ys)
+    return ImageTensors(torch.cat(xs), y, metric="miou" if y.dim() == 3 else "acc")
+
+
+from . import segdata  # noqa: E402,F401  (CamVid, NYUv2, Caltech101 register themselves)

@@ -41,7 +41,10 @@ def executor(kind: str, folder: Path, suite: Suite):
 
     if kind not in ("slurm", "local"):
         raise HarnessError(f"--launcher {kind!r}: choose slurm or local")
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    try:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    except RuntimeError as e:  # e.g. no srun on this machine
+        raise HarnessError(f"--launcher {kind}: {str(e).splitlines()[0]}") from None
     timeout = int(os.environ.get("DFAD_LAUNCH_TIMEOUT_MIN", 24 * 60))
     ex.update_parameters(timeout_min=timeout, name=f"dfad-{suite.name}")
     if kind == "slurm":

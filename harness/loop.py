@@ -40,6 +40,10 @@ class LoopResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageTensors, device, autocast=None, batch_size: int = 1000,
              channels_last: bool = False) -> float:
+    if getattr(data, "metric", "acc") == "miou":  # segmentation: mIoU, void labels ignored
+        from .seg import evaluate_miou
+
+        return evaluate_miou(model, data, device, autocast, batch_size, channels_last)
     was = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -182,6 +186,8 @@ class _Loop:
                "train_time_s": round(self.train_time, 3), **means}
         for name, opt in self.method.optimizers.items():
             row[f"lr_{name}"] = opt.param_groups[0]["lr"]
+        if getattr(self.test, "metric", "acc") != "acc":  # `test_acc` then holds that metric (reports label it)
+            row["metric"] = self.test.metric
         self.history.append(row)
         self.sums, self.count = {}, 0
         self.save()

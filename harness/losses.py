@@ -47,7 +47,7 @@ def ada(d: torch.Tensor) -> torch.Tensor:
 
 
 def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean."""
+    """Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)) over dim 1; mean over samples (and pixels)."""
     t = temperature
     log_s = F.log_softmax(s_logits.float() / t, 1)
     log_p = F.log_softmax(t_logits.float() / t, 1)

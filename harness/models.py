@@ -185,3 +185,6 @@ def human_macs(n: float) -> str:
             v = n / scale
             return f"{v:.2f}{unit}" if v < 10 else f"{v:.0f}{unit}" if v >= 100 else f"{v:.1f}{unit}"
     return str(int(n))
+
+
+from . import seg  # noqa: E402,F401  (the Caltech101 and segmentation networks register themselves)

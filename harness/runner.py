@@ -18,7 +18,7 @@ from .locks import Busy, exclusive
 from .loop import CHECKPOINT_VERSION, run_loop
 from .models import build_model, count_macs
 from .progress import SuiteProgress
-from .store import RunDir, Store, atomic_torch_save
+from .store import STORAGE_ERRNOS, RunDir, Store, atomic_torch_save
 from .teacher import ensure_teacher
 
 
@@ -119,6 +119,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
     base = {"suite": suite.name, "profile": suite.profile, "method": method, "seed": seed, "config_hash": fp,
             "dataset": suite.dataset, "teacher_acc": teacher.acc, "git_commit": env.git_commit(),
             "versions": env.versions(), "device": env.device_name(device)}
+    base.update(metric=spec.metric, **getattr(teacher.model, "summary_info", {}))  # mIoU runs; teacher backbone
     t0 = time.perf_counter()
     try:
         torch.manual_seed(seed)
@@ -178,13 +179,18 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                   # a method that cannot apply to this config fails the same way every time: not retried
                   "retry": not isinstance(e, NotApplicableError),
                   "wall_time_s": round(time.perf_counter() - t0, 2)}
-        rd.write_summary(failed)
+        try:
+            rd.write_summary(failed)
+        except OSError:  # the disk is full: the checkpoint before this one is intact, and the error below says so
+            pass
         for cb in callbacks:
             try:
                 cb.on_run_end(failed)
             except Exception:
                 pass
         progress.end_run("FAILED", reason, label=f"{method} seed {seed}")
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            raise  # a full disk fails every run after this one too: stop the suite (cli: one line, exit 2)
         return None
 
 

@@ -111,18 +111,31 @@ class TVResNet(torchvision.models.ResNet):
         return (out, Features(penultimate=feat, stages=stages)) if return_features else out
 
 
-@MODELS.register("resnet34_tv")
-def resnet34_tv(num_classes=101, in_channels=3, **_):
+def tv_resnet(blocks, num_classes, width=64) -> TVResNet:
+    """torchvision's ResNet; `width` != 64 rebuilds it with stages width x (1, 2, 4, 8) (CPU and smoke profiles)."""
     from torchvision.models.resnet import BasicBlock
 
-    return TVResNet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes)
+    m = TVResNet(BasicBlock, blocks, num_classes=num_classes)
+    if width != 64:
+        m.inplanes = width
+        m.conv1, m.bn1 = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width)
+        for i, n in enumerate(blocks):
+            setattr(m, f"layer{i + 1}", m._make_layer(BasicBlock, width * 2 ** i, n, stride=1 if i == 0 else 2))
+        m.fc = nn.Linear(width * 8, num_classes)
+        for mod in m.modules():  # torchvision's initialisation for the rebuilt layers
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+    return m
+
+
+@MODELS.register("resnet34_tv")
+def resnet34_tv(num_classes=101, in_channels=3, width=64, **_):
+    return tv_resnet([3, 4, 6, 3], num_classes, width)
 
 
 @MODELS.register("resnet18_tv")
-def resnet18_tv(num_classes=101, in_channels=3, **_):
-    from torchvision.models.resnet import BasicBlock
-
-    return TVResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+def resnet18_tv(num_classes=101, in_channels=3, width=64, **_):
+    return tv_resnet([2, 2, 2, 2], num_classes, width)
 
 
 class GeneratorB(nn.Module):

@@ -4,6 +4,7 @@ and checkpoints. Every write is atomic (temp file + rename), so a killed process
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -18,6 +19,8 @@ import yaml
 from .errors import HarnessError
 
 METRIC_FIELDS = ("iteration", "test_acc", "elapsed_s")
+# the storage itself failed (full disk, quota, read-only, file size limit): every later write would fail too
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -30,8 +33,10 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # say which file could not be written
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 

@@ -55,8 +55,12 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkp
                                f"(only plain weights are loaded, never executed)") from None
         raise HarnessError(f"{what} {path} is not a torch file ({str(e).splitlines()[0]})") from None
     except Exception as e:  # torch raises many kinds for a file that is not its own format
-        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise HarnessError(f"{what} {path} is not a torch file ({type(e).__name__}: {first})") from None
+        with open(path, "rb") as f:
+            head = f.read(2)
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
+        why = ("a truncated or corrupt zip archive" if head == b"PK" else "neither a zip archive nor a pickle"
+               if head[:1] != b"\x80" else f"{type(e).__name__}: {first}")
+        raise HarnessError(f"{what} {path} is not a torch file ({why})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):

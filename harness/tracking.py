@@ -11,6 +11,7 @@ import os
 import re
 import struct
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -179,8 +180,19 @@ def _records(path: Path):
             yield buf
 
 
-def read_run(path: Path) -> dict:
-    """{'run': {id, project, group, job_type, name}, 'config', 'history' (rows), 'summary', 'exit_code'}."""
+def read_run(path: Path, wait_s: float = 15.0) -> dict:
+    """{'run': {id, project, group, job_type, name}, 'config', 'history' (rows), 'summary', 'exit_code'}.
+
+    wandb-core writes the log shortly after `finish()` returns: wait (up to wait_s) for its exit record."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read_run(path)
+        if out["exit_code"] is not None or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_run(path: Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
     out = {"run": {}, "config": {}, "history": [], "summary": {}, "exit_code": None}

@@ -43,10 +43,13 @@ class DAFLParams(Params):
 def dafl_generator_terms(t_logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
     """The three generator terms, in float32 (bf16 logits saturate the softmax).
 
+    Dense (N, K, H, W) logits are scored per pixel: the batch mean then runs over all N*H*W pixels.
     The batch-mean probability is formed in log space (logsumexp of log-softmax) so that a class no
     sample predicts gives 0 * finite, not 0 * log 0 = NaN. log10, as in the official code.
     """
     t = t_logits.float()
+    if t.dim() > 2:  # segmentation: every pixel is a sample for the one-hot and the class-balance terms
+        t = t.movedim(1, -1).reshape(-1, t.shape[1])
     oh = F.cross_entropy(t, t.argmax(1))
     log_p = torch.logsumexp(F.log_softmax(t, 1), 0) - math.log(t.shape[0])
     ie = (log_p.exp() * log_p).sum() / math.log(10)

@@ -47,10 +47,6 @@ def test_run_is_an_offline_wandb_run(runs):
     summary = cli_run(runs)
     assert summary["status"] == "done" and summary["wandb_mode"] == "offline"
     rec = read_run(find_run(runs, summary["wandb_id"]))
-    from harness.tracking import _records
-    from wandb.proto import wandb_internal_pb2 as pb
-    f = find_run(runs, summary["wandb_id"])
-    print("DBG", f, f.stat().st_size, [pb.Record.FromString(r).WhichOneof("record_type") for r in _records(f)])
     assert rec["run"] == {"id": summary["wandb_id"], "project": "dfad-bench", "group": "mnist", "job_type": "dfad",
                           "name": "dfad-seed0"}
     cfg = rec["config"]

@@ -91,6 +91,9 @@ def test_storage_and_search_errors_are_one_line(tmp_path):
     with pytest.raises(HarnessError) as e:
         open_storage("postgresql://bob:hunter2@127.0.0.1:9/optuna", tmp_path, "s")
     assert "\n" not in str(e.value) and "hunter2" not in str(e.value) and "127.0.0.1:9" in str(e.value)
+    res = CliRunner().invoke(app, ["tune", "mnist", "--method", "dfad", "--profile", "smoke", "--runs-dir",
+                                   str(tmp_path), "--storage", "postgresql://bob:hunter2@127.0.0.1:9/optuna"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "hunter2" not in res.output, res.output
     suite = load_suite("mnist", "smoke", TINY)
     with pytest.raises(HarnessError, match="no search space for kd_ori"):
         tune(suite.model_copy(update={"search": {}}), "kd_ori", 2, runs_dir=tmp_path)

@@ -1,0 +1,40 @@
+"""A fast subset of benchmarks/bad_inputs.py: real `dfad-bench` subprocesses beside one finished smoke run;
+each bad input exits non-zero with exactly one `error:` line, no traceback, nothing outside its temporary
+folder touched, and the finished run's files byte-identical afterwards."""
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "benchmarks" / "bad_inputs.py")
+bad_inputs = sys.modules["bad_inputs"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+spec.loader.exec_module(bad_inputs)
+CASES = {c.name: c for c in bad_inputs.CASES}
+SUBSET = {  # case -> what its one error line must name
+    "malformed YAML": "malformed YAML", "negative learning rate": "methods.dfad.lr_S",
+    "unknown dataset": "did you mean 'mnist'", "bad --seeds list": "--seeds",
+    "missing split (MNIST train only)": "test split", "checkpoint of another class count": "fc2.weight",
+    "checkpoint with pickled code (torch zip)": "pickled code", "unwritable runs dir (under a file)": "not writable",
+    "full disk during a checkpoint (64 KiB tmpfs)": "No space left on device"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    if not (bad_inputs.DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+        pytest.skip("MNIST not under $DFAD_DATA")
+    t = tmp_path_factory.mktemp("bad-inputs")
+    return t, bad_inputs.make_finished_run(t)
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_bad_input(finished, name):
+    t, hashes = finished
+    r = bad_inputs.run_case(CASES[name], t, hashes)
+    if "skipped" in r:
+        pytest.skip(r["skipped"])
+    assert r["rc"] != 0 and len(r["errors"]) == 1 and not r["traceback"], r
+    assert SUBSET[name] in r["errors"][0], r["errors"]
+    assert r["intact"], r["changed"]
+    assert not r["outside"] and not r["executed"], r
