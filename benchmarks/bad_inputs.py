@@ -211,15 +211,16 @@ def run_case(case: Case, t: Path, finished: dict) -> dict:
     finally:
         if mounted:
             subprocess.run(["umount", str(sub / "full")], check=False)
-    errs = error_lines(r)
-    changed = sorted(k for k, v in snapshot().items() if before.get(k) != v)
-    changed += sorted(set(before) - set(snapshot()))
-    return {"case": case, "cmd": "dfad-bench " + " ".join(a.replace(str(sub), "$T") for a in map(fill, case.args)),
-            "rc": r.returncode, "errors": errs, "traceback": "Traceback" in r.stderr, "outside": changed,
-            "intact": hashes(t / "runs") == finished, "changed": sorted(set(hashes(t / "runs").items()) ^ set(finished.items())), "executed": (sub / "PWNED").exists(),
-            "message": (errs[0] if errs else (r.stderr.strip().splitlines() or ["(no output)"])[-1]).replace(str(sub), "$T"),
-            "ok": r.returncode != 0 and len(errs) == 1 and "Traceback" not in r.stderr and not changed
-            and hashes(t / "runs") == finished and not (sub / "PWNED").exists()}
+    errs, after, now = error_lines(r), snapshot(), hashes(t / "runs")
+    res = {"case": case, "cmd": "dfad-bench " + " ".join(a.replace(str(sub), "$T") for a in map(fill, case.args)),
+           "rc": r.returncode, "errors": errs, "traceback": "Traceback" in r.stderr,
+           "outside": sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)),
+           "intact": now == finished, "changed": sorted({k for k, _ in set(now.items()) ^ set(finished.items())}),
+           "executed": (sub / "PWNED").exists(),
+           "message": (errs[0] if errs else (r.stderr.strip().splitlines() or ["(no output)"])[-1]).replace(str(sub), "$T")}
+    res["ok"] = (r.returncode != 0 and len(errs) == 1 and not res["traceback"] and not res["outside"] and res["intact"]
+                 and not res["executed"])
+    return res
 
 
 def header() -> str:

@@ -92,8 +92,9 @@ def deeplabv3_mobilenetv2(num_classes=11, in_channels=3, width=1.0, head_channel
     if head_channels == 256:
         head = DeepLabHead(c, num_classes, rates)
     else:  # DeepLabHead's layers with a narrower ASPP (smoke profiles)
-        head = nn.Sequential(ASPP(c, rates, head_channels), nn.Conv2d(head_channels, head_channels, 3, padding=1,
-                             bias=False), nn.BatchNorm2d(head_channels), nn.ReLU(), nn.Conv2d(head_channels, num_classes, 1))
+        k = head_channels
+        head = nn.Sequential(ASPP(c, rates, k), nn.Conv2d(k, k, 3, padding=1, bias=False), nn.BatchNorm2d(k),
+                             nn.ReLU(), nn.Conv2d(k, num_classes, 1))
     return DeepLab(dilate(features, output_stride), head)
 
 

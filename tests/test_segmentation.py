@@ -130,7 +130,8 @@ def write_tiny_datasets(root: Path) -> None:
         lines = []
         for i in range(n):
             write_jpeg(img(96, 128), str(cam / split / f"f{i}.jpg"))
-            write_png(torch.randint(0, 12, (1, 96, 128), dtype=torch.uint8, generator=g), str(cam / f"{split}annot" / f"f{i}.png"))
+            write_png(torch.randint(0, 12, (1, 96, 128), dtype=torch.uint8, generator=g),
+                      str(cam / f"{split}annot" / f"f{i}.png"))
             lines.append(f"/SegNet/CamVid/{split}/f{i}.jpg /SegNet/CamVid/{split}annot/f{i}.png")
         (cam / f"{split}.txt").write_text("\n".join(lines) + "\n")
     nyu = root / "NYUv2"
@@ -169,8 +170,8 @@ def test_loaders_read_the_public_layouts(tiny_root):
 def test_smoke_suite_through_cli(tmp_path, tiny_root, suite):
     runs = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DFAD_DATA": str(tiny_root), "DFAD_DOWNLOAD": "0"}
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", suite, "--profile", "smoke", "--runs-dir", str(runs)],
-                       capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", suite, "--profile", "smoke",
+                        "--runs-dir", str(runs)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     seg = suite != "caltech101"
     for method in ("kd_ori", "random", "dafl", "dfad"):
