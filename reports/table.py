@@ -143,8 +143,8 @@ def caption(t: Table, suites: list[Suite | None], metric: str) -> str:
     ns = t.seed_counts() or [0]
     n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]} (cells with fewer seeds say so)"
     profiles = sorted({s.profile for s in suites if s is not None})
-    what = "mIoU" if t.value_name == "mIoU" else "test accuracy"
-    return (f"{what.capitalize()} ({metric} over evaluations), mean ± std over {n} seeds; "
+    what = "mIoU" if t.value_name == "mIoU" else "Test accuracy"
+    return (f"{what} ({metric} over evaluations), mean ± std over {n} seeds; "
             f"FLOPs: student MACs per image; bold: best data-free result per dataset; "
             f"profile: {', '.join(profiles) or 'none'}.")
 
