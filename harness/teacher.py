@@ -127,7 +127,7 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
             loss_sum += loss.detach()
         acc = evaluate(model, test, device, autocast)
         log(f"teacher epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
-            f"test {getattr(spec, "metric", "acc")} {acc:.4f}, {time.perf_counter() - t0:.0f}s")
+            f"test {getattr(spec, 'metric', 'acc')} {acc:.4f}, {time.perf_counter() - t0:.0f}s")
     return model, acc, time.perf_counter() - t0
 
 
