@@ -8,7 +8,7 @@ RUNS    ?= runs
 ARGS    ?=
 export DFAD_DATA ?= $(CURDIR)/data
 # Offline machines carry the datasets as archives beside the checkout; elsewhere torchvision downloads.
-SHARED_DATA ?= $(abspath $(CURDIR)/../shared/data)
+SHARED_DATA ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/data) /work/shared/data))
 
 RUN_FLAGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(SEEDS),--seeds $(SEEDS)) --runs-dir $(RUNS) $(ARGS)
 
@@ -23,10 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data:
-	@if [ ! -f "$(DFAD_DATA)/MNIST/raw/train-images-idx3-ubyte" ] && [ -x "$(SHARED_DATA)/prepare.sh" ]; then \
+	@if [ ! -f "$(DFAD_DATA)/MNIST/raw/train-images-idx3-ubyte" ] && [ -n "$(SHARED_DATA)" ] && [ -x "$(SHARED_DATA)/prepare.sh" ]; then \
 		"$(SHARED_DATA)/prepare.sh" "$(DFAD_DATA)"; fi
 
-test: setup
+test: setup data
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
