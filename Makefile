@@ -29,7 +29,7 @@ data:
 test: setup data
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
 
 benchmark-mnist: setup data
