@@ -72,7 +72,10 @@ def set_rng_state(s: dict, device: torch.device) -> None:
 
 
 class _StopFlag:
-    """SIGINT sets a flag the loop reads between iterations, so a checkpoint is never cut mid-step."""
+    """SIGINT (Ctrl-C) and SIGTERM (kill, schedulers) set a flag the loop reads between iterations,
+    so the checkpoint is written between steps, never mid-step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.raised = False
@@ -82,18 +85,20 @@ class _StopFlag:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
 
         def handler(signum, frame):
-            if self.raised:  # a second Ctrl-C: stop now
+            if self.raised:  # a second signal: stop now
                 raise KeyboardInterrupt
             self.raised = True
 
-        signal.signal(signal.SIGINT, handler)
+        for s in self.SIGNALS:
+            signal.signal(s, handler)
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: int,
