@@ -66,7 +66,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, mnist_data):
         assert torch.equal(v, student_of(a)[k]), k
 
 
-def test_ctrl_c_checkpoints_and_exits_130(tmp_path, mnist_data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_checkpoints_and_exits_130(tmp_path, mnist_data, sig):
     runs = tmp_path / "r"
     p = start(runs, "budget.iterations=100000", "budget.eval_every=1000", env={"DFAD_DATA": str(mnist_data)})
     rd = runs / "mnist" / "dfad" / "seed-0"
@@ -74,7 +75,7 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path, mnist_data):
     while not (rd / "summary.json").exists() and time.time() - t0 < 120:
         time.sleep(0.1)
     time.sleep(1.0)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out = p.communicate(timeout=60)[0]
     assert p.returncode == 130, out
     state = torch.load(rd / "checkpoint.pt", weights_only=True)
