@@ -17,7 +17,6 @@ from pydantic import Field
 
 from harness.losses import kld
 from harness.method import Params, ScheduleKind, adam, make_scheduler, sgd
-from harness.models import build_model
 from harness.registry import METHODS
 from methods.dfad import AdversarialMethod
 
@@ -64,10 +63,7 @@ class DAFL(AdversarialMethod):
 
     def setup(self):
         c, p = self.ctx, self.p
-        self.generator = build_model(p.generator, nz=p.nz, ngf=p.ngf, input_shape=c.input_shape).to(c.device)
-        if c.channels_last:
-            self.generator = self.generator.to(memory_format=torch.channels_last)
-        self.modules["generator"] = self.generator
+        self.build_generator()
         if p.optimizer_S == "adam":
             self.opt_S = adam(c.student.parameters(), p.lr_S, weight_decay=p.weight_decay, device=c.device)
         else:

@@ -36,12 +36,17 @@ class DFADParams(Params):
 class AdversarialMethod(Method):
     """Shared machinery of generator-based methods: the generator, both optimisers, fresh noise."""
 
-    def setup(self):
+    def build_generator(self):
+        """The method's generator on the device, registered for checkpoints."""
         c, p = self.ctx, self.p
         self.generator = build_model(p.generator, nz=p.nz, ngf=p.ngf, input_shape=c.input_shape).to(c.device)
         if c.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.modules["generator"] = self.generator
+
+    def setup(self):
+        c, p = self.ctx, self.p
+        self.build_generator()
         self.opt_S = sgd(c.student.parameters(), p.lr_S, p.momentum, p.weight_decay, c.device)
         self.opt_G = adam(self.generator.parameters(), p.lr_G, device=c.device)
         self.optimizers.update(student=self.opt_S, generator=self.opt_G)

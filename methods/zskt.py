@@ -16,7 +16,6 @@ from pydantic import Field
 from harness.errors import HarnessError
 from harness.losses import kld
 from harness.method import Params, ScheduleKind, adam, make_scheduler
-from harness.models import build_model
 from harness.registry import METHODS
 
 from .dfad import AdversarialMethod
@@ -56,10 +55,7 @@ class ZSKT(AdversarialMethod):
 
     def setup(self):
         c, p = self.ctx, self.p
-        self.generator = build_model(p.generator, nz=p.nz, ngf=p.ngf, input_shape=c.input_shape).to(c.device)
-        if c.channels_last:
-            self.generator = self.generator.to(memory_format=torch.channels_last)
-        self.modules["generator"] = self.generator
+        self.build_generator()
         self.opt_S = adam(c.student.parameters(), p.lr_S, device=c.device)
         self.opt_G = adam(self.generator.parameters(), p.lr_G, device=c.device)
         self.optimizers.update(student=self.opt_S, generator=self.opt_G)
