@@ -44,18 +44,28 @@ def evaluate(model: nn.Module, data: ImageTensors, device, autocast=None, batch_
         from .seg import evaluate_miou
 
         return evaluate_miou(model, data, device, autocast, batch_size, channels_last)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for out, y in predictions(model, data, device, autocast, batch_size, channels_last):
+        correct += (out.argmax(1) == y).sum()
+    return correct.item() / max(1, len(data))
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, data: ImageTensors, device, autocast=None, batch_size: int = 1000,
+                channels_last: bool = False):
+    """(logits, labels) per batch of the cached test tensors, the model in eval mode meanwhile."""
     was = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for i in range(0, len(data), batch_size):
-        x = data.normalize(data.x[i: i + batch_size].to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast() if autocast else torch.autocast(torch.device(device).type, enabled=False):
-            out = model(x)
-        correct += (out.argmax(1) == data.y[i: i + batch_size].to(device)).sum()
-    model.train(was)
-    return correct.item() / max(1, len(data))
+    try:
+        for i in range(0, len(data), batch_size):
+            x = data.normalize(data.x[i: i + batch_size].to(device, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast() if autocast else torch.autocast(torch.device(device).type, enabled=False):
+                out = model(x)
+            yield out, data.y[i: i + batch_size].to(device)
+    finally:
+        model.train(was)
 
 
 def rng_state(device: torch.device) -> dict:

@@ -196,18 +196,12 @@ def miou_from_confusion(cm: torch.Tensor) -> float:
 def evaluate_miou(model: nn.Module, data, device, autocast=None, batch_size: int = 1000,
                   channels_last: bool = False) -> float:
     """mIoU over the whole test set (one confusion matrix, as the official StreamSegMetrics)."""
-    was = model.training
-    model.eval()
+    from .loop import predictions
+
     # as many pixels per batch as `batch_size` 32x32 images: 11 of CamVid's 256x341 images
     bs = max(1, batch_size * 1024 // (data.x.shape[-2] * data.x.shape[-1]))
     cm = None
-    for i in range(0, len(data), bs):
-        x = data.normalize(data.x[i: i + bs].to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast() if autocast else torch.autocast(torch.device(device).type, enabled=False):
-            out = model(x)
-        c = confusion(out.argmax(1), data.y[i: i + bs].to(device), out.shape[1])
+    for out, y in predictions(model, data, device, autocast, bs, channels_last):
+        c = confusion(out.argmax(1), y, out.shape[1])
         cm = c if cm is None else cm + c
-    model.train(was)
     return miou_from_confusion(cm) if cm is not None else 0.0

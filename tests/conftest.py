@@ -19,3 +19,24 @@ def mnist_data():
     if root is None:
         pytest.skip("MNIST not under $DFAD_DATA (run ../shared/data/prepare.sh DIR and set DFAD_DATA=DIR)")
     return root
+
+
+# A small fp32 smoke teacher, trained once per session and copied into each runs dir (tracking, tune tests)
+SMOKE_TEACHER = ["teacher.recipe.train_subset=2000", "teacher.recipe.precision=fp32"]
+
+
+@pytest.fixture
+def runs(tmp_path, tmp_path_factory, mnist_data, monkeypatch):
+    """A runs dir holding the cached smoke teacher, with no W&B settings inherited from the shell."""
+    import shutil
+
+    from harness.config import load_suite
+    from harness.teacher import ensure_teacher
+
+    for var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    cache = tmp_path_factory.getbasetemp() / "smoke-teachers"
+    if not (cache / "teachers").is_dir():
+        ensure_teacher(load_suite("mnist", "smoke", SMOKE_TEACHER), cache, torch.device("cpu"), log=lambda *_: None)
+    shutil.copytree(cache / "teachers", tmp_path / "teachers", dirs_exist_ok=True)
+    return tmp_path

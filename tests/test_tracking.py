@@ -10,22 +10,9 @@ from harness.errors import HarnessError
 from harness.tracking import find_run, read_run, redact
 
 # a small fp32 teacher and a 4-iteration budget: seconds on a shared 2-core CPU
-TEACHER = ["teacher.recipe.train_subset=2000", "teacher.recipe.precision=fp32"]
+from conftest import SMOKE_TEACHER as TEACHER  # noqa: E402
 TINY = TEACHER + ["runtime.precision=fp32", "budget.iterations=4", "budget.eval_every=2", "methods.dfad.batch_size=8",
                   "methods.dfad.k=1", "tracking.wandb.sample_every=2", "tracking.wandb.samples=16"]
-
-
-def smoke_teachers(tmp_path_factory, dest):
-    """The smoke teacher, trained once per test session and copied into each runs dir."""
-    import torch
-
-    from harness.config import load_suite
-    from harness.teacher import ensure_teacher
-
-    cache = tmp_path_factory.getbasetemp() / "smoke-teachers"
-    if not (cache / "teachers").is_dir():
-        ensure_teacher(load_suite("mnist", "smoke", TEACHER), cache, torch.device("cpu"), log=lambda *_: None)
-    shutil.copytree(cache / "teachers", dest / "teachers", dirs_exist_ok=True)
 
 
 def cli_run(runs, *extra):
@@ -33,14 +20,6 @@ def cli_run(runs, *extra):
                                    "--runs-dir", str(runs), "--no-report", *TINY, *extra])
     assert res.exit_code == 0, res.output
     return json.loads((runs / "mnist" / "dfad" / "seed-0" / "summary.json").read_text())
-
-
-@pytest.fixture
-def runs(tmp_path, tmp_path_factory, mnist_data, monkeypatch):
-    for var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    smoke_teachers(tmp_path_factory, tmp_path)
-    return tmp_path
 
 
 def test_run_is_an_offline_wandb_run(runs):
@@ -68,7 +47,7 @@ def test_run_is_an_offline_wandb_run(runs):
 def test_disabled_tracking_changes_nothing_it_computes(runs, tmp_path_factory):
     tracked = cli_run(runs)
     other = runs / "untracked"
-    smoke_teachers(tmp_path_factory, other)
+    shutil.copytree(runs / "teachers", other / "teachers")
     plain = cli_run(other, "tracking.wandb.mode=disabled")
     assert "wandb_id" not in plain
     assert not (other / "wandb").exists()

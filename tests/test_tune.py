@@ -11,32 +11,11 @@ from harness.config import load_suite
 from harness.errors import HarnessError
 
 # as in test_tracking: a small fp32 teacher (cached once per session), a tiny budget
-TEACHER = ["teacher.recipe.train_subset=2000", "teacher.recipe.precision=fp32"]
+from conftest import SMOKE_TEACHER as TEACHER  # noqa: E402
 TINY = TEACHER + ["runtime.precision=fp32", "budget.iterations=4", "budget.eval_every=2", "methods.dfad.batch_size=8",
                   "methods.dfad.k=1"]
 # a small space, so four trials take seconds
 SPACE = ["search.dfad.batch_size.choices=[8,16]", "search.dfad.nz.choices=[16,32]", "search.dfad.k.high=2"]
-
-
-def smoke_teachers(tmp_path_factory, dest):
-    import shutil
-
-    import torch
-
-    from harness.teacher import ensure_teacher
-
-    cache = tmp_path_factory.getbasetemp() / "smoke-teachers"
-    if not (cache / "teachers").is_dir():
-        ensure_teacher(load_suite("mnist", "smoke", TEACHER), cache, torch.device("cpu"), log=lambda *_: None)
-    shutil.copytree(cache / "teachers", dest / "teachers", dirs_exist_ok=True)
-
-
-@pytest.fixture
-def runs(tmp_path, tmp_path_factory, mnist_data, monkeypatch):
-    for var in ("WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    smoke_teachers(tmp_path_factory, tmp_path)
-    return tmp_path
 
 
 def test_two_workers_share_a_journal_and_lose_no_trial(runs):
