@@ -20,8 +20,15 @@ from harness.store import Store, read_json
 
 
 def wall_clock(log: Path) -> str | None:
-    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log.read_text(errors="replace"))
-    return m.group(1) if m else None
+    text = log.read_text(errors="replace")
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)  # /usr/bin/time -v
+    if m:
+        return m.group(1)
+    m = re.search(r"^WALL ([0-9.]+) s$", text, re.M)  # /usr/bin/time -f "WALL %e s"
+    if not m:
+        return None
+    s = round(float(m.group(1)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def machine() -> str:
@@ -71,7 +78,7 @@ def main():
              f"- Machine: {machine()}; runs report device: {'; '.join(devices)}",
              f"- Versions: {runs[0][1].get('versions') if runs else '?'}"]
     if a.time_log and Path(a.time_log).exists():
-        lines.append(f"- Whole command, wall clock (`/usr/bin/time -v`): {wall_clock(Path(a.time_log))}")
+        lines.append(f"- Whole command, wall clock (`/usr/bin/time`): {wall_clock(Path(a.time_log))}")
     for n in a.note:
         lines.append(f"- Note: {n}")
     if suite.notes.get(profile or ""):

@@ -16,7 +16,8 @@ def suite_report(suite: Suite, runs_dir, metric: str = "best", with_paper: str |
     """Everything for one suite under <runs-dir>/<suite>/report/; returns report.md's path."""
     out, _ = write_report(suite, runs_dir, metric, with_paper)
     figures = []
-    for cap, fn in (("Test accuracy during training", plots.accuracy), ("DFAD losses", plots.losses),
+    for cap, fn in (("Test accuracy during training", plots.accuracy),
+                    ("Test accuracy against wall time", plots.accuracy_time), ("DFAD losses", plots.losses),
                     ("Generated samples (final generators)", plots.samples)):
         png = fn(suite, runs_dir, out)
         if png:

@@ -27,23 +27,28 @@ def save(fig, out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}.png"
 
 
-def band(ax, df: pd.DataFrame, col: str, name: str):
-    """Mean line and ± std band over seeds, on the iterations every seed reached."""
-    g = df.dropna(subset=[col]).groupby("iteration")[col]
-    stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)})
-    line, = ax.plot(stats.index, stats["mean"], label=f"{name} (n={df['seed'].nunique()})")
-    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+def band(ax, df: pd.DataFrame, col: str, name: str, x: str = "iteration"):
+    """Mean line and ± std band over seeds, per evaluation; x = the iteration, or the seeds' mean
+    wall time at that iteration in minutes (x="minutes")."""
+    df = df.dropna(subset=[col])
+    g = df.groupby("iteration")
+    stats = pd.DataFrame({"mean": g[col].mean(), "std": g[col].std(ddof=1).fillna(0.0)})
+    xs = g["elapsed_s"].mean() / 60 if x == "minutes" else stats.index
+    line, = ax.plot(xs, stats["mean"], label=f"{name} (n={df['seed'].nunique()})")
+    ax.fill_between(xs, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                     color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
 
 
 def accuracy(suite: Suite, runs_dir, out_dir: Path, methods: list[str] | None = None,
-             name: str = "accuracy", labels: dict[str, str] | None = None) -> Path | None:
+             name: str = "accuracy", labels: dict[str, str] | None = None, x: str = "iteration") -> Path | None:
+    """Test accuracy against iterations, or against wall time (x="minutes": methods at equal cost)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = 0
     for m in methods or suite.method_names():
         df = curves(runs_dir, suite.name, m)
-        if len(df):
-            band(ax, df, "test_acc", (labels or {}).get(m, label(m)))
+        if len(df) and (x != "minutes" or "elapsed_s" in df):
+            band(ax, df, "test_acc", (labels or {}).get(m, label(m)), x)
             drawn += 1
     t = teacher_summary(runs_dir, suite.name)
     if "test_acc" in t:
@@ -51,11 +56,17 @@ def accuracy(suite: Suite, runs_dir, out_dir: Path, methods: list[str] | None = 
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="iteration", ylabel="test accuracy", title=f"{suite.name} ({suite.profile}): test accuracy",
+    ax.set(xlabel="wall time (min, mean over seeds)" if x == "minutes" else "iteration", ylabel="test accuracy",
+           title=f"{suite.name} ({suite.profile}): test accuracy",
            ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
+
+
+def accuracy_time(suite: Suite, runs_dir, out_dir: Path) -> Path | None:
+    """Test accuracy against wall time: methods whose iterations cost differently, read at equal cost."""
+    return accuracy(suite, runs_dir, out_dir, name="accuracy-time", x="minutes")
 
 
 def losses(suite: Suite, runs_dir, out_dir: Path) -> Path | None:

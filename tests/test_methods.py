@@ -203,3 +203,25 @@ def test_paper_profiles_carry_dafl_official_settings(suite, weights, opt_S, lr):
         assert p.nz == 1000 and p.milestones == [0.4, 0.8] and p.weight_decay == 5e-4
     r, d = s.method_params("random"), s.method_params("dfad")
     assert r.source == "noise" and r.model_dump(exclude={"source"}) == d.model_dump()  # DFAD's budget and losses
+
+
+def test_usps_framed_matches_mnist_digit_size(mnist_data):
+    """KD-REL's investigation source: USPS scaled into MNIST's frame. Its ink is about as tall as MNIST's
+    (23 px of 32), where plain USPS resized to 32 fills the image."""
+    from harness.data import get_dataset
+
+    if not (mnist_data / "usps").exists():
+        pytest.skip("USPS not under $DFAD_DATA")
+
+    def ink_height(name):
+        x = get_dataset(name).load("test", mnist_data).x[:500, 0] > 64
+        rows = x.any(2).float()
+        idx = torch.arange(32).float()
+        top = torch.where(rows.bool(), idx, 99.0).min(1).values
+        bottom = torch.where(rows.bool(), idx, -1.0).max(1).values
+        return (bottom - top + 1).mean().item()
+
+    framed, plain, mnist = ink_height("usps_framed"), ink_height("usps"), ink_height("mnist")
+    assert abs(framed - mnist) < 2.0 < plain - mnist
+    x = get_dataset("usps_framed").load("test", mnist_data).x
+    assert x.shape[1:] == (1, 32, 32) and x[..., :4, :].max() == 0 and x[..., -4:].max() == 0

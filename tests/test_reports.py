@@ -161,11 +161,26 @@ def test_plots_and_report_md(golden):
         torch.save({"method": {"modules": {"generator": G.state_dict()}}}, rd.checkpoint)
     report = suite_report(suite, runs)
     out = report.parent
-    for name in ("accuracy", "losses", "samples"):
+    for name in ("accuracy", "accuracy-time", "losses", "samples"):
         assert_image(out / f"{name}.png")
         assert f"({name}.png)" in report.read_text()
     assert {"table.md", "table.tex", "table.csv", "table.html", "table-standalone.tex"} <= {
         p.name for p in out.iterdir()}
+
+
+def test_band_against_wall_time():
+    """Seeds that ran at different speeds: x is their mean wall time per evaluation, y their mean accuracy."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame({"iteration": [50, 100, 50, 100], "seed": [0, 0, 1, 1], "test_acc": [0.5, 0.7, 0.6, 0.9],
+                       "elapsed_s": [60.0, 120.0, 180.0, 360.0]})
+    fig, ax = plt.subplots()
+    line = plots.band(ax, df, "test_acc", "DFAD", x="minutes")
+    assert list(line.get_xdata()) == [2.0, 4.0]
+    assert list(line.get_ydata()) == pytest.approx([0.55, 0.8])
+    assert list(plots.band(ax, df, "test_acc", "DFAD").get_xdata()) == [50, 100]
+    plt.close(fig)
 
 
 @pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex not installed (see docs/reports.md)")
