@@ -72,6 +72,24 @@ def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 / best / 1e12
 
 
+def conv_peak(device, dtype, channels_last: bool, n: int = 64, c: int = 256, hw: int = 32, reps: int = 5) -> float:
+    """TFLOP/s of a large 3x3 convolution (n x c x hw x hw, c -> c channels): the limit for conv-bound loops."""
+    x = torch.randn(n, c, hw, hw, device=device, dtype=dtype)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype)
+    if channels_last:
+        x, conv = x.contiguous(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.no_grad():
+        conv(x)
+        _sync(device)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            conv(x)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n * c * c * 9 * hw * hw / best / 1e12
+
+
 def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
     env.set_threads(suite.runtime.threads)
     device = env.resolve_device(suite.runtime.device)
@@ -112,8 +130,16 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["matmul_peak_tflops"] = {"fp32": round(matmul_peak(device, torch.float32), 4)}
+    cl = bool(paths["default"].ctx.channels_last)
+    out["conv_peak_tflops"] = {"fp32": round(conv_peak(device, torch.float32, cl), 4)}
     if env.native_bf16(device):
         out["matmul_peak_tflops"]["bf16"] = round(matmul_peak(device, torch.bfloat16), 4)
+        out["conv_peak_tflops"]["bf16"] = round(conv_peak(device, torch.bfloat16, cl), 4)
+    # how far the default path is from this machine's limit in its own precision (best of matmul and conv)
+    key = "bf16" if out["default"].get("precision") == "bfloat16" else "fp32"
+    limit = max(out["matmul_peak_tflops"].get(key, 0), out["conv_peak_tflops"].get(key, 0))
+    if out["default"].get("achieved_tflops"):
+        out["limit_over_achieved"] = round(limit / out["default"]["achieved_tflops"], 2)
     return out
 
 

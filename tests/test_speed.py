@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -43,4 +44,16 @@ def test_speed_command_prints_one_json_object():
         assert out[path]["s_per_iter"] > 0 and out[path]["gflop_per_iter"] > 0
     assert out["plain"]["precision"] == "fp32" and out["plain"]["channels_last"] is False
     assert out["speedup"] == round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
-    assert out["matmul_peak_tflops"]["fp32"] > 0
+    assert out["matmul_peak_tflops"]["fp32"] > 0 and out["conv_peak_tflops"]["fp32"] > 0
+    key = "bf16" if out["default"]["precision"] == "bfloat16" else "fp32"
+    limit = max(out["matmul_peak_tflops"][key], out["conv_peak_tflops"][key])
+    assert out["limit_over_achieved"] == pytest.approx(limit / out["default"]["achieved_tflops"], rel=0.02)
+
+
+def test_conv_peak_counts_flops_of_the_conv():
+    from harness import speed
+
+    # a tiny conv: the figure is FLOPs / best time, so it must be positive and finite in both layouts
+    for cl in (False, True):
+        t = speed.conv_peak("cpu", torch.float32, cl, n=2, c=8, hw=8, reps=2)
+        assert 0 < t < 1e3
