@@ -7,6 +7,7 @@ usage: python benchmarks/record.py SUITE --runs-dir runs --out benchmarks/result
 from __future__ import annotations
 
 import argparse
+import csv
 import platform
 import re
 import shutil
@@ -59,6 +60,10 @@ def main():
     ap.add_argument("--time-log")
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--figures", action="store_true", help="copy the report's PNGs beside the results file")
+    ap.add_argument("--curves", action="store_true",
+                    help="accuracy at every evaluation, per run: iteration, wall time, test accuracy")
+    ap.add_argument("--equal-time", metavar="M1,M2,...",
+                    help="these methods' best accuracy within the shortest of their finished runs' wall time")
     a = ap.parse_args()
 
     name = suite_path(a.suite).stem
@@ -112,6 +117,27 @@ def main():
                      f"{s.get('best_iteration', '')} | {s.get('final_acc', '')} | {s.get('iterations', '')} | "
                      f"{s.get('wall_time_s', '')} | {s.get('s_per_iter', '')} | {s.get('teacher_forward_images', '')} | "
                      f"{s.get('precision', '')} | {s.get('reason', '')} |")
+    done = [(rd, s) for rd, s in runs if s.get("status") == "done" and rd.metrics.is_file()]
+    chosen = [(rd, s) for rd, s in done if a.equal_time and rd.method in a.equal_time.split(",")]
+    if chosen:
+        curves = {(rd.method, rd.seed): list(csv.DictReader(rd.metrics.open())) for rd, _ in chosen}
+        summaries = {(rd.method, rd.seed): s for rd, s in chosen}
+        t = min(float(rows[-1]["elapsed_s"]) for rows in curves.values())
+        lines += ["", f"## At equal wall time: best test accuracy within {t / 60:.1f} min (the shortest finished run)",
+                  "", "| method | seed | best within the time | at iteration | its own budget: best | wall s |",
+                  "|---|---|---|---|---|---|"]
+        for (m, seed), rows in sorted(curves.items()):
+            within = [r for r in rows if float(r["elapsed_s"]) <= t + 1e-6]
+            b = max(within, key=lambda r: float(r["test_acc"])) if within else None
+            s = summaries[(m, seed)]
+            lines.append(f"| {m} | {seed} | {float(b['test_acc']):.4f} | {b['iteration']} | {s['best_acc']:.4f} | "
+                         f"{s['wall_time_s']} |" if b else f"| {m} | {seed} | (no evaluation yet) | | | |")
+    if a.curves and done:
+        lines += ["", "## Accuracy against iterations and wall time (every evaluation)", ""]
+        for rd, _ in sorted(done, key=lambda x: (x[0].method, x[0].seed)):
+            rows = list(csv.DictReader(rd.metrics.open()))
+            lines.append(f"- {rd.method} seed {rd.seed}: " + ", ".join(
+                f"{r['iteration']} ({float(r['elapsed_s']) / 60:.1f} min) {float(r['test_acc']):.3f}" for r in rows))
     total = sum(s.get("wall_time_s") or 0 for _, s in runs) + (teacher.get("wall_time_s") or 0)
     lines += ["", f"Sum of run wall times (teacher included): {total / 60:.1f} min", ""]
     if a.figures and store.report_dir.is_dir():
