@@ -74,6 +74,7 @@ def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
 
 def conv_peak(device, dtype, channels_last: bool, n: int = 64, c: int = 256, hw: int = 32, reps: int = 5) -> float:
     """TFLOP/s of a large 3x3 convolution (n x c x hw x hw, c -> c channels): the limit for conv-bound loops."""
+    device = torch.device(device)
     x = torch.randn(n, c, hw, hw, device=device, dtype=dtype)
     conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype)
     if channels_last:
