@@ -7,12 +7,12 @@ usage: python benchmarks/record.py SUITE --runs-dir runs --out benchmarks/result
 from __future__ import annotations
 
 import argparse
+import os
 import csv
 import platform
 import re
 import shutil
 import statistics
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,7 +40,7 @@ def machine() -> str:
         model = platform.processor()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    cores = os.cpu_count()  # not nproc: it honours OMP_NUM_THREADS
     return f"{model}, {cores} cores ({', '.join(extras) or 'no AVX-512'}), {platform.system()} {platform.machine()}"
 
 

@@ -40,12 +40,20 @@ def band(ax, df: pd.DataFrame, col: str, name: str, x: str = "iteration"):
     return line
 
 
+def stored_methods(suite: Suite, runs_dir) -> list[str]:
+    """Every method with runs in the store, in table order: a run of a few methods (`--methods`) still
+    plots the others already there."""
+    from .table import row_order
+
+    return [m for m in row_order([suite], runs_dir, False) if m != "teacher"]
+
+
 def accuracy(suite: Suite, runs_dir, out_dir: Path, methods: list[str] | None = None,
              name: str = "accuracy", labels: dict[str, str] | None = None, x: str = "iteration") -> Path | None:
     """Test accuracy against iterations, or against wall time (x="minutes": methods at equal cost)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = 0
-    for m in methods or suite.method_names():
+    for m in methods or stored_methods(suite, runs_dir):
         df = curves(runs_dir, suite.name, m)
         if len(df) and (x != "minutes" or "elapsed_s" in df):
             band(ax, df, "test_acc", (labels or {}).get(m, label(m)), x)
@@ -71,7 +79,7 @@ def accuracy_time(suite: Suite, runs_dir, out_dir: Path) -> Path | None:
 
 def losses(suite: Suite, runs_dir, out_dir: Path) -> Path | None:
     """Student and generator losses of every DFAD-class method (variants included)."""
-    ms = [m for m in suite.method_names() if method_of(m, suite.methods.get(m)) == "dfad"]
+    ms = [m for m in stored_methods(suite, runs_dir) if method_of(m, suite.methods.get(m)) == "dfad"]
     frames = {m: df for m in ms if len(df := curves(runs_dir, suite.name, m)) and "loss_S" in df}
     if not frames:
         return None
@@ -91,7 +99,7 @@ def losses(suite: Suite, runs_dir, out_dir: Path) -> Path | None:
 def samples(suite: Suite, runs_dir, out_dir: Path, n: int = 64) -> Path | None:
     """An 8 x 8 grid per data-free method, from the first finished seed's final generator."""
     grids = {}
-    for m in suite.method_names():
+    for m in stored_methods(suite, runs_dir):
         for rd in done_runs(runs_dir, suite.name, m)[:1]:
             g = generator_grid(rd, suite.dataset, n)
             if g is not None:

@@ -168,6 +168,16 @@ def test_plots_and_report_md(golden):
         p.name for p in out.iterdir()}
 
 
+def test_plots_cover_every_stored_method(golden):
+    """`run --methods dfad` ends with a report: its figures still show the methods already in the store."""
+    suite, runs = golden
+    only_dfad = load_suite(str(runs.parent / "mnist.yaml"), "paper", [], ["dfad"])
+    assert list(only_dfad.methods) == ["dfad"]
+    ms = plots.stored_methods(only_dfad, runs)
+    assert {"kd_ori", "dfad", "zskt"} <= set(ms) and "teacher" not in ms
+    assert ms.index("kd_ori") < ms.index("dfad") < ms.index("zskt")  # the table's order
+
+
 def test_band_against_wall_time():
     """Seeds that ran at different speeds: x is their mean wall time per evaluation, y their mean accuracy."""
     import matplotlib.pyplot as plt
