@@ -14,14 +14,13 @@ import torch
 
 from harness.config import load_suite
 from harness.data import get_dataset
+from harness.loop import predictions
 from harness.models import build_model
 from harness.store import Store
 
 
-@torch.no_grad()
 def predict(model, data) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(data.normalize(data.x[i:i + 2000])).argmax(1) for i in range(0, len(data), 2000)])
+    return torch.cat([out.argmax(1) for out, _ in predictions(model, data, "cpu")])
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ usage: python benchmarks/record.py SUITE --runs-dir runs --out benchmarks/result
 from __future__ import annotations
 
 import argparse
-import os
 import csv
+import os
 import platform
 import re
 import shutil
@@ -117,10 +117,13 @@ def main():
                      f"{s.get('best_iteration', '')} | {s.get('final_acc', '')} | {s.get('iterations', '')} | "
                      f"{s.get('wall_time_s', '')} | {s.get('s_per_iter', '')} | {s.get('teacher_forward_images', '')} | "
                      f"{s.get('precision', '')} | {s.get('reason', '')} |")
-    done = [(rd, s) for rd, s in runs if s.get("status") == "done" and rd.metrics.is_file()]
+    done = sorted(((rd, s) for rd, s in runs if s.get("status") == "done" and rd.metrics.is_file()),
+                  key=lambda x: (x[0].method, x[0].seed))
+    metrics = {(rd.method, rd.seed): list(csv.DictReader(rd.metrics.open())) for rd, _ in done} \
+        if a.equal_time or a.curves else {}
     chosen = [(rd, s) for rd, s in done if a.equal_time and rd.method in a.equal_time.split(",")]
     if chosen:
-        curves = {(rd.method, rd.seed): list(csv.DictReader(rd.metrics.open())) for rd, _ in chosen}
+        curves = {(rd.method, rd.seed): metrics[rd.method, rd.seed] for rd, _ in chosen}
         summaries = {(rd.method, rd.seed): s for rd, s in chosen}
         t = min(float(rows[-1]["elapsed_s"]) for rows in curves.values())
         lines += ["", f"## At equal wall time: best test accuracy within {t / 60:.1f} min (the shortest finished run)",
@@ -134,9 +137,8 @@ def main():
                          f"{s['wall_time_s']} |" if b else f"| {m} | {seed} | (no evaluation yet) | | | |")
     if a.curves and done:
         lines += ["", "## Accuracy against iterations and wall time (every evaluation)", ""]
-        for rd, _ in sorted(done, key=lambda x: (x[0].method, x[0].seed)):
-            rows = list(csv.DictReader(rd.metrics.open()))
-            lines.append(f"- {rd.method} seed {rd.seed}: " + ", ".join(
+        for (m, seed), rows in metrics.items():
+            lines.append(f"- {m} seed {seed}: " + ", ".join(
                 f"{r['iteration']} ({float(r['elapsed_s']) / 60:.1f} min) {float(r['test_acc']):.3f}" for r in rows))
     total = sum(s.get("wall_time_s") or 0 for _, s in runs) + (teacher.get("wall_time_s") or 0)
     lines += ["", f"Sum of run wall times (teacher included): {total / 60:.1f} min", ""]

@@ -57,19 +57,24 @@ def flops_per_iter(m) -> float:
     return float(fc.get_total_flops())
 
 
-def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
-    """TFLOP/s of a large square matmul: the machine's practical limit for this dtype."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+def _best_time(fn, device, reps: int) -> float:
+    """Seconds of the fastest of `reps` calls of fn, after one warm-up call."""
+    fn()
     _sync(device)
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        a @ b
+        fn()
         _sync(device)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e12
+    return best
+
+
+def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
+    """TFLOP/s of a large square matmul: the machine's practical limit for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / _best_time(lambda: a @ b, device, reps) / 1e12
 
 
 def conv_peak(device, dtype, channels_last: bool, n: int = 64, c: int = 256, hw: int = 32, reps: int = 5) -> float:
@@ -79,15 +84,8 @@ def conv_peak(device, dtype, channels_last: bool, n: int = 64, c: int = 256, hw:
     conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype)
     if channels_last:
         x, conv = x.contiguous(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
-    best = float("inf")
     with torch.no_grad():
-        conv(x)
-        _sync(device)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            conv(x)
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
+        best = _best_time(lambda: conv(x), device, reps)
     return 2 * n * c * c * 9 * hw * hw / best / 1e12
 
 
