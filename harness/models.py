@@ -118,6 +118,10 @@ class GeneratorA(nn.Module):
 
     def forward(self, z):
         out = self.l1(z.flatten(1)).view(z.shape[0], -1, *self.init_hw)
+        if self.conv_blocks1[0].weight.is_contiguous(memory_format=torch.channels_last):
+            # channels-last mode (the fast path): the view above is NCHW, and every op after it would keep
+            # NCHW, where nearest upsampling and BatchNorm are several times slower than in NHWC
+            out = out.contiguous(memory_format=torch.channels_last)
         img = F.interpolate(self.conv_blocks0(out), scale_factor=2)
         img = F.interpolate(self.conv_blocks1(img), scale_factor=2)
         if tuple(img.shape[-2:]) != self.out_hw:

@@ -27,6 +27,21 @@ def test_generator_adapts_to_input_shape(shape):
     assert out.shape == (4, *shape)
 
 
+def test_channels_last_generator_keeps_nhwc_from_its_first_layer():
+    """The fast path's generator: the linear layer's NCHW view must not drag the upsampling and BatchNorm
+    layers onto their slow NCHW kernels; the output is the NCHW generator's."""
+    torch.manual_seed(0)
+    g = GeneratorA(nz=16, ngf=8, input_shape=(1, 32, 32))
+    g_cl = GeneratorA(nz=16, ngf=8, input_shape=(1, 32, 32)).to(memory_format=torch.channels_last)
+    g_cl.load_state_dict(g.state_dict())
+    seen = {}
+    g_cl.conv_blocks0.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    z = torch.randn(4, 16)
+    out = g_cl(z)
+    assert seen["x"].is_contiguous(memory_format=torch.channels_last) and not seen["x"].is_contiguous()
+    torch.testing.assert_close(out, g(z))
+
+
 @pytest.mark.parametrize("name", ["lenet5", "lenet5_half", "resnet8", "resnet18_8x"])
 def test_features_come_from_the_same_forward(name):
     shape = (1, 32, 32) if name.startswith("lenet") else (3, 32, 32)
