@@ -58,6 +58,18 @@ ablation-mnist: setup data
 	$(BIN)/dfad-bench run ablation-loss $(RUN_FLAGS)
 	$(BIN)/dfad-bench report ablation-loss --runs-dir $(RUNS)
 
+# #8's accuracy parity: DFAD on the default path and on the plain eager fp32 NCHW loop (the official one),
+# same teacher, seeds 0,1,2 (SEEDS= to change); the plain runs go to $(RUNS)-plain. Plain is ~5x slower.
+.PHONY: parity-mnist
+PARITY_SEEDS = $(if $(SEEDS),$(SEEDS),0,1,2)
+parity-mnist: setup data
+	$(BIN)/dfad-bench run mnist --methods dfad --seeds $(PARITY_SEEDS) $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) --no-report
+	mkdir -p $(RUNS)-plain && cp -rn $(RUNS)/teachers $(RUNS)-plain/
+	$(BIN)/dfad-bench run mnist --methods dfad --seeds $(PARITY_SEEDS) $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)-plain --no-report \
+		runtime.precision=fp32 runtime.channels_last=off runtime.frozen_teacher=false
+	$(BIN)/dfad-bench report mnist --runs-dir $(RUNS)
+	$(BIN)/dfad-bench report mnist --runs-dir $(RUNS)-plain
+
 # Two tune workers against a real PostgreSQL server on loopback (Debian's package, installed if missing).
 .PHONY: test-distributed
 test-distributed: setup

@@ -91,8 +91,8 @@ def run(suite: str = typer.Argument(..., help="suite name in benchmarks/ or path
         outcome = run_suite(s, runs_dir, force, callbacks=trackers(s, runs_dir))
     if report:
         _report(s, runs_dir)
-    if outcome.failed:
-        typer.echo(f"{len(outcome.failed)} run(s) failed; see their summary.json", err=True)
+    for line in outcome.messages():
+        typer.echo(line, err=True)
 
 
 def _report(s, runs_dir, metric="best"):

@@ -74,6 +74,9 @@ class RuntimeCfg(Strict):
     threads: Optional[int] = Field(None, gt=0)
     deterministic: bool = False
     compile: bool = False
+    # False: the teacher keeps parameter gradients and imitation steps build its graph (the official loop);
+    # with precision=fp32 and channels_last=off this is the plain path `speed` compares against
+    frozen_teacher: bool = True
 
 
 class WandbCfg(Strict):

@@ -83,6 +83,7 @@ def launch(suite: Suite, runs_dir: str | Path, force: bool, kind: str, log=print
             outcome.done += o.done
             outcome.skipped += o.skipped
             outcome.failed += o.failed
+            outcome.not_applicable += o.not_applicable
         except Exception as e:
             outcome.failed.append((method, seed, f"job {j.job_id}: {str(e).strip().splitlines()[-1][:200]}"))
     return outcome

@@ -27,6 +27,18 @@ class SuiteOutcome:
     done: list[tuple[str, int]] = field(default_factory=list)
     skipped: list[tuple[str, int]] = field(default_factory=list)
     failed: list[tuple[str, int, str]] = field(default_factory=list)
+    # cannot apply to this config (e.g. DFQ-style on a teacher without BatchNorm): n/a in tables, not an error
+    not_applicable: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def messages(self) -> list[str]:
+        """End-of-suite lines for the user: what failed, and what does not apply here."""
+        out = []
+        if self.failed:
+            out.append(f"{len(self.failed)} run(s) failed; see their summary.json")
+        if self.not_applicable:
+            reasons = sorted({f"{m}: {r}" for m, _, r in self.not_applicable})
+            out.append(f"{len(self.not_applicable)} run(s) not applicable here, shown as n/a ({'; '.join(reasons)})")
+        return out
 
 
 def planned_runs(suite: Suite) -> list[tuple[str, int]]:
@@ -127,10 +139,12 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         macs = count_macs(student, spec.input_shape)
         ctx = build_context(teacher.model, student, spec.input_shape, spec.num_classes, seed,
                             suite.budget.iterations, device, suite.runtime.precision, suite.runtime.channels_last,
-                            dataset=suite.dataset, compile=suite.runtime.compile)
+                            dataset=suite.dataset, compile=suite.runtime.compile,
+                            fast=suite.runtime.frozen_teacher)
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
-                    precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last)
+                    precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
+                    frozen_teacher=ctx.fast)
         m.setup()
         resume = load_resume_state(rd, fp, progress.log)
         rows = list(resume["history"]) if resume else []
@@ -234,7 +248,7 @@ def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks
     s = rd.summary()
     if (not force and s and s.get("status") == "failed" and s.get("retry") is False
             and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
-        outcome.skipped.append((method, seed))
+        outcome.not_applicable.append((method, seed, s.get("reason", "")))
         progress.done += 1
         progress.log(f"  {method} seed {seed}: cannot run here ({s.get('reason')}), skipped")
         return
@@ -247,7 +261,9 @@ def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks
         rd.checkpoint.unlink()
     summary = execute_run(suite, method, seed, rd, teacher, test, device, progress, callbacks)
     if summary is None:
-        outcome.failed.append((method, seed, (rd.summary() or {}).get("reason", "")))
+        s = rd.summary() or {}
+        (outcome.not_applicable if s.get("retry") is False else outcome.failed).append(
+            (method, seed, s.get("reason", "")))
     else:
         if force:
             rd.write_summary({**summary, "forced_by": _invocation})

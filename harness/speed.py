@@ -33,7 +33,7 @@ def build(suite: Suite, method: str, fast: bool, device, teacher, iters: int):
     rt = suite.runtime
     ctx = build_context(teacher, build_student(suite), spec.input_shape, spec.num_classes, 0, iters + 10, device,
                         rt.precision if fast else "fp32", rt.channels_last if fast else "off",
-                        dataset=suite.dataset, fast=fast, compile=rt.compile and fast)
+                        dataset=suite.dataset, fast=fast and rt.frozen_teacher, compile=rt.compile and fast)
     m = make_method(suite.run_config(method, 0).get("method_class", method), ctx, suite.run_config(method, 0)["params"])
     m.setup()
     return m

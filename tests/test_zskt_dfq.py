@@ -101,3 +101,21 @@ def test_runner_records_dfq_unavailable_and_zskt_teacher_images(tmp_path, method
     else:
         batch = suite.method_params("zskt").batch_size
         assert summary["status"] == "done" and summary["teacher_forward_images"] == 2 * 2 * batch
+
+
+def test_not_applicable_runs_are_reported_as_na_not_as_failures(tmp_path):
+    """DFQ-style on LeNet-5: the end-of-suite lines say n/a with the reason, on the first pass and on a rerun
+    (which skips it), and never "failed"."""
+    from harness.runner import SuiteOutcome, _run_one
+
+    suite = load_suite("mnist", "smoke", ["budget.iterations=2", "budget.eval_every=2", "runtime.device=cpu",
+                                          "runtime.precision=fp32", "runtime.channels_last='off'"])
+    teacher = _Teacher(build_model("lenet5").eval())
+    rd = Store(tmp_path, suite.name).run("dfq", 0)
+    for _ in range(2):
+        outcome = SuiteOutcome()
+        _run_one(suite, "dfq", 0, rd, teacher, _test_set((1, 32, 32)), torch.device("cpu"),
+                 SuiteProgress(1, live=False), (), False, outcome)
+        assert not outcome.failed and [m for m, _, _ in outcome.not_applicable] == ["dfq"]
+        assert outcome.messages() == ["1 run(s) not applicable here, shown as n/a "
+                                      "(dfq: teacher has no BatchNorm layers: DFQ-style needs them)"]

@@ -1,0 +1,104 @@
+"""Where a method's iteration spends its time, for #8's distance-from-the-limit question.
+
+  python benchmarks/profile_step.py step mnist --profile paper [--method dfad] [key.path=value ...]
+      one default-path iteration under torch.profiler: the ops with the most self CPU time
+  python benchmarks/profile_step.py generator mnist --profile paper
+      the method's generator alone, eager against torch.compile, in the default path's precision and layout
+  python benchmarks/profile_step.py upsample
+      nearest 2x upsampling of 512x128x16x16, NCHW against channels-last, fp32 and bf16 (why the generator
+      keeps channels-last from its first layer)
+
+Weights do not change the cost: the teacher is untrained, as in `dfad-bench speed`. Run it alone on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from harness.cli import _load
+from harness.data import get_dataset
+from harness.speed import build
+from harness.teacher import build_teacher_model
+
+
+def default_method(suite, method):
+    spec = get_dataset(suite.dataset)
+    teacher = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
+    return build(suite, method, True, torch.device("cpu"), teacher, 5)
+
+
+def step(m, rows: int) -> None:
+    m.step(0)
+    t0 = time.perf_counter()
+    m.step(1)
+    print(f"one iteration: {time.perf_counter() - t0:.3f} s")
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        m.step(2)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def generator(m, reps: int = 3) -> None:
+    import copy
+
+    c, nz, bs = m.ctx, m.p.nz, m.p.batch_size
+    eager = m.generator
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    z = torch.randn(bs, nz, device=c.device)
+
+    def fwd(g):  # an imitation step's generator call
+        with torch.no_grad(), c.autocast():
+            return g(z)
+
+    def fwd_bwd(g):  # a generation step's
+        with c.autocast():
+            y = g(z)
+        y.float().abs().mean().backward()
+
+    for name, g in (("eager", eager), ("compiled", compiled)):
+        t0 = time.perf_counter()
+        fwd(g)
+        fwd_bwd(g)
+        print(f"{name}: first calls {time.perf_counter() - t0:.1f} s", flush=True)
+        for f in (fwd, fwd_bwd):
+            f(g)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f(g)
+            print(f"{name} {f.__name__}: {(time.perf_counter() - t0) / reps * 1000:.0f} ms", flush=True)
+
+
+def upsample(reps: int = 5) -> None:
+    import torch.nn.functional as F
+
+    for dtype in (torch.bfloat16, torch.float32):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(512, 128, 16, 16, dtype=dtype).contiguous(memory_format=layout)
+            F.interpolate(x, scale_factor=2)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                F.interpolate(x, scale_factor=2)
+            name = "channels-last" if layout is torch.channels_last else "NCHW"
+            print(f"{str(dtype).replace('torch.', '')} {name}: {(time.perf_counter() - t0) / reps * 1000:.0f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["step", "generator", "upsample"])
+    ap.add_argument("suite", nargs="?", default="mnist")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--profile", default="paper")
+    ap.add_argument("--method", default="dfad")
+    ap.add_argument("--rows", type=int, default=20)
+    a = ap.parse_args()
+    if a.what == "upsample":
+        return upsample()
+    m = default_method(_load(a.suite, a.profile, a.overrides, announce=False), a.method)
+    step(m, a.rows) if a.what == "step" else generator(m)
+
+
+if __name__ == "__main__":
+    main()
