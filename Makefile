@@ -59,7 +59,8 @@ ablation-mnist: setup data
 	$(BIN)/dfad-bench report ablation-loss --runs-dir $(RUNS)
 
 # #8's accuracy parity: DFAD on the default path and on the plain eager fp32 NCHW loop (the official one),
-# same teacher, seeds 0,1,2 (SEEDS= to change); the plain runs go to $(RUNS)-plain. Plain is ~5x slower.
+# same teacher, seeds 0,1,2 (SEEDS= to change); the plain runs go to $(RUNS)-plain. Plain is ~7x slower on quick
+# (benchmarks/results/speed-mnist-paper-cpu.md): about 3.4 h for three seeds on a 2-core CPU.
 .PHONY: parity-mnist
 PARITY_SEEDS = $(if $(SEEDS),$(SEEDS),0,1,2)
 parity-mnist: setup data

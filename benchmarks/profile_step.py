@@ -35,7 +35,7 @@ def step(m, rows: int) -> None:
     t0 = time.perf_counter()
     m.step(1)
     print(f"one iteration: {time.perf_counter() - t0:.3f} s")
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         m.step(2)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 

@@ -21,6 +21,21 @@ def mnist_data():
     return root
 
 
+def random_test_set(shape, n=32, k=10):
+    """A fixed random labelled set: enough for the runner to evaluate, with no data files."""
+    from harness.data import ImageTensors
+
+    g = torch.Generator().manual_seed(0)
+    return ImageTensors(torch.randn(n, *shape, generator=g), torch.randint(0, k, (n,), generator=g))
+
+
+class FixedTeacher:
+    """What the runner takes as its teacher: a model and its accuracy, without training one."""
+
+    def __init__(self, model, acc=0.5):
+        self.model, self.acc = model, acc
+
+
 # A small fp32 smoke teacher, trained once per session and copied into each runs dir (tracking, tune tests)
 SMOKE_TEACHER = ["teacher.recipe.train_subset=2000", "teacher.recipe.precision=fp32"]
 

@@ -63,8 +63,8 @@ def test_conv_peak_counts_flops_of_the_conv():
 def test_runtime_frozen_teacher_switch_reaches_the_run(tmp_path, frozen):
     """`runtime.frozen_teacher=false` (with fp32, channels-last off) runs the plain path through the runner,
     so accuracy can be compared path against path; the summary says which path ran."""
+    from conftest import FixedTeacher, random_test_set
     from harness.config import load_suite
-    from harness.data import ImageTensors
     from harness.progress import SuiteProgress
     from harness.runner import execute_run
     from harness.store import Store
@@ -74,13 +74,8 @@ def test_runtime_frozen_teacher_switch_reaches_the_run(tmp_path, frozen):
                                           f"runtime.frozen_teacher={str(frozen).lower()}"])
     teacher = build_model("lenet5").eval()
     rd = Store(tmp_path, suite.name).run("dfad", 0)
-    g = torch.Generator().manual_seed(0)
-    test = ImageTensors(torch.randn(16, 1, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
-
-    class T:
-        model, acc = teacher, 0.5
-
-    execute_run(suite, "dfad", 0, rd, T, test, torch.device("cpu"), SuiteProgress(1, live=False))
+    execute_run(suite, "dfad", 0, rd, FixedTeacher(teacher), random_test_set((1, 32, 32)), torch.device("cpu"),
+                SuiteProgress(1, live=False))
     summary = json.loads((rd.path / "summary.json").read_text())
     assert summary["status"] == "done" and summary["frozen_teacher"] is frozen
     assert all(p.requires_grad is not frozen for p in teacher.parameters())

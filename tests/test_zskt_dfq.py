@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import harness
+from conftest import FixedTeacher, random_test_set
 from harness.config import load_suite
-from harness.data import ImageTensors
 from harness.errors import HarnessError, NotApplicableError
 from harness.models import build_model
 from harness.progress import SuiteProgress
@@ -15,11 +15,6 @@ from harness.runner import execute_run
 from harness.store import Store
 
 CPU = dict(device="cpu", precision="fp32", channels_last="off", seed=0)
-
-
-def _test_set(shape, n=32, k=10):
-    g = torch.Generator().manual_seed(0)
-    return ImageTensors(torch.randn(n, *shape, generator=g), torch.randint(0, k, (n,), generator=g))
 
 
 def _pair(t="resnet8", s="resnet8", shape=(3, 32, 32), **kw):
@@ -40,7 +35,7 @@ def _changed(before, model):
 def test_adversarial_methods_train_tiny_resnets(method, kw, per_iter):
     teacher, student = _pair(width=4)
     before = [p.clone() for p in student.parameters()]
-    res = harness.distill(teacher, student, method=method, test_set=_test_set((3, 32, 32)), iterations=2,
+    res = harness.distill(teacher, student, method=method, test_set=random_test_set((3, 32, 32)), iterations=2,
                           eval_every=2, batch_size=8, nz=16, ngf=4, **kw, **CPU)
     assert _changed(before, student)
     assert res.method.teacher_images == 2 * per_iter * 8
@@ -55,7 +50,7 @@ def test_adversarial_methods_train_tiny_resnets(method, kw, per_iter):
 def test_zskt_on_lenet_runs_with_attention_transfer_off():
     teacher, student = _pair("lenet5", "lenet5_half", (1, 32, 32))
     before = [p.clone() for p in student.parameters()]
-    res = harness.distill(teacher, student, method="zskt", test_set=_test_set((1, 32, 32)), iterations=2,
+    res = harness.distill(teacher, student, method="zskt", test_set=random_test_set((1, 32, 32)), iterations=2,
                           eval_every=2, batch_size=8, nz=16, ngf=4, n_s=2, **CPU)
     assert _changed(before, student)
     assert not res.method.use_at and res.history[-1]["loss_at"] == 0
@@ -64,25 +59,20 @@ def test_zskt_on_lenet_runs_with_attention_transfer_off():
 def test_zskt_needs_equal_stage_counts():
     teacher, student = _pair("resnet20", "resnet18_8x", width=4)  # 3 stages against 4
     with pytest.raises(HarnessError, match=r"^zskt: teacher has 3 residual stages, student 4;") as e:
-        harness.distill(teacher, student, method="zskt", test_set=_test_set((3, 32, 32)), iterations=1,
+        harness.distill(teacher, student, method="zskt", test_set=random_test_set((3, 32, 32)), iterations=1,
                         batch_size=4, nz=8, ngf=4, **CPU)
     assert "\n" not in str(e.value)
     # beta 0 turns attention transfer off, and the pair then runs
-    harness.distill(teacher, student, method="zskt", test_set=_test_set((3, 32, 32)), iterations=1,
+    harness.distill(teacher, student, method="zskt", test_set=random_test_set((3, 32, 32)), iterations=1,
                     eval_every=1, batch_size=4, nz=8, ngf=4, n_s=1, beta=0, **CPU)
 
 
 def test_dfq_on_lenet_fails_with_one_line():
     teacher, student = _pair("lenet5", "lenet5_half", (1, 32, 32))
     with pytest.raises(NotApplicableError) as e:
-        harness.distill(teacher, student, method="dfq", test_set=_test_set((1, 32, 32)), iterations=1,
+        harness.distill(teacher, student, method="dfq", test_set=random_test_set((1, 32, 32)), iterations=1,
                         batch_size=4, **CPU)
     assert str(e.value) == "teacher has no BatchNorm layers: DFQ-style needs them"
-
-
-class _Teacher:
-    def __init__(self, model):
-        self.model, self.acc = model, 0.5
 
 
 @pytest.mark.parametrize("method", ["dfq", "zskt"])
@@ -92,7 +82,7 @@ def test_runner_records_dfq_unavailable_and_zskt_teacher_images(tmp_path, method
                                           "runtime.precision=fp32", "runtime.channels_last='off'"])
     teacher = build_model("lenet5").eval()
     rd = Store(tmp_path, suite.name).run(method, 0)
-    out = execute_run(suite, method, 0, rd, _Teacher(teacher), _test_set((1, 32, 32)), torch.device("cpu"),
+    out = execute_run(suite, method, 0, rd, FixedTeacher(teacher), random_test_set((1, 32, 32)), torch.device("cpu"),
                       SuiteProgress(1, live=False))
     summary = json.loads((rd.path / "summary.json").read_text())
     if method == "dfq":
@@ -110,11 +100,11 @@ def test_not_applicable_runs_are_reported_as_na_not_as_failures(tmp_path):
 
     suite = load_suite("mnist", "smoke", ["budget.iterations=2", "budget.eval_every=2", "runtime.device=cpu",
                                           "runtime.precision=fp32", "runtime.channels_last='off'"])
-    teacher = _Teacher(build_model("lenet5").eval())
+    teacher = FixedTeacher(build_model("lenet5").eval())
     rd = Store(tmp_path, suite.name).run("dfq", 0)
     for _ in range(2):
         outcome = SuiteOutcome()
-        _run_one(suite, "dfq", 0, rd, teacher, _test_set((1, 32, 32)), torch.device("cpu"),
+        _run_one(suite, "dfq", 0, rd, teacher, random_test_set((1, 32, 32)), torch.device("cpu"),
                  SuiteProgress(1, live=False), (), False, outcome)
         assert not outcome.failed and [m for m, _, _ in outcome.not_applicable] == ["dfq"]
         assert outcome.messages() == ["1 run(s) not applicable here, shown as n/a "
