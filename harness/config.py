@@ -78,6 +78,12 @@ class RuntimeCfg(Strict):
     # with precision=fp32 and channels_last=off this is the plain path `speed` compares against
     frozen_teacher: bool = True
 
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off (in a suite file or a key=value override) as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class WandbCfg(Strict):
     mode: Optional[Literal["offline", "online", "disabled"]] = None  # None: $WANDB_MODE, else offline

@@ -84,3 +84,14 @@ def test_override_values_are_typed():
     assert parse_override("a.b=0.5") == (["a", "b"], 0.5)
     assert parse_override("a=[1,2]") == (["a"], [1, 2])
     assert parse_override("a=hello") == (["a"], "hello")
+
+
+@pytest.mark.parametrize("value,expected", [("off", "off"), ("on", "on"), ("'off'", "off"), ("auto", "auto")])
+def test_channels_last_accepts_bare_on_off(value, expected):
+    # YAML reads a bare on/off as a boolean; `make parity-mnist` passes runtime.channels_last=off
+    assert load_suite("mnist", "quick", [f"runtime.channels_last={value}"]).runtime.channels_last == expected
+
+
+def test_channels_last_rejects_other_values():
+    with pytest.raises(HarnessError, match="runtime.channels_last"):
+        load_suite("mnist", "quick", ["runtime.channels_last=sometimes"])
