@@ -50,7 +50,8 @@ def training_batches(ctx: Context, source: Optional[str], batch_size: int):
 
 def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,
                   iterations: int, device="auto", precision="auto", channels_last="auto",
-                  dataset: str | None = None, train_set=None, fast: bool = True, compile: bool = False) -> Context:
+                  dataset: str | None = None, train_set=None, fast: bool = True, compile: bool = False,
+                  fused_upsample: bool = True) -> Context:
     """The run's models on the device, with the speed switches applied.
 
     fast=False is the plain path `speed` compares against: the teacher keeps its parameter gradients
@@ -73,6 +74,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
     return Context(teacher=teacher, student=student, input_shape=tuple(input_shape), num_classes=num_classes,
                    device=dev, iterations=iterations, seed=seed,
                    precision=env.resolve_precision(precision, dev), channels_last=cl, fast=fast,
+                   fused_upsample=fused_upsample,
                    dataset=dataset, train_set=train_set)
 
 

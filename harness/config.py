@@ -77,6 +77,9 @@ class RuntimeCfg(Strict):
     # False: the teacher keeps parameter gradients and imitation steps build its graph (the official loop);
     # with precision=fp32 and channels_last=off this is the plain path `speed` compares against
     frozen_teacher: bool = True
+    # generators compute each nearest-upsample + 3x3 conv as four 2x2 convs on the small input (4/9 of the
+    # multiply-adds, the same function; harness/upconv.py); off on the plain path
+    fused_upsample: bool = True
 
     @field_validator("channels_last", mode="before")
     @classmethod

@@ -36,6 +36,7 @@ class Context:
     precision: torch.dtype | None = None  # bf16 autocast when set
     channels_last: bool = False
     fast: bool = True  # False: the official loop's wasted work (teacher graphs and weight grads), for `speed`
+    fused_upsample: bool = False  # generators fuse upsample + conv (harness/upconv.py)
     dataset: Optional[str] = None  # the suite's dataset name, for methods that read data
     train_set: Any = None  # a user's Dataset or ImageTensors, for data-driven methods
     extra: dict = field(default_factory=dict)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .registry import MODELS
+from .upconv import fusable, upsample_conv
 
 
 class Features(dict):
@@ -116,16 +117,26 @@ class GeneratorA(nn.Module):
             nn.Conv2d(ngf, nc, 3, 1, 1), nn.Tanh(), nn.BatchNorm2d(nc, affine=False),
         )
 
+    # True on the fast path (runtime.fused_upsample): each nearest-upsample + conv pair runs as four 2x2
+    # convolutions on the small input (harness/upconv.py), 4/9 of the multiply-adds; same function
+    fused_upsample = False
+
+    def _up(self, x: torch.Tensor, block: nn.Sequential) -> torch.Tensor:
+        """block(upsample(x)): conv, BatchNorm, activation, ... after a nearest 2x upsampling."""
+        if self.fused_upsample and fusable(block[0]):
+            return block[1:](upsample_conv(x, block[0]))
+        return block(F.interpolate(x, scale_factor=2))
+
     def forward(self, z):
         out = self.l1(z.flatten(1)).view(z.shape[0], -1, *self.init_hw)
         if self.conv_blocks1[0].weight.is_contiguous(memory_format=torch.channels_last):
             # channels-last mode (the fast path): the view above is NCHW, and every op after it would keep
             # NCHW, where nearest upsampling and BatchNorm are several times slower than in NHWC
             out = out.contiguous(memory_format=torch.channels_last)
-        img = F.interpolate(self.conv_blocks0(out), scale_factor=2)
-        img = F.interpolate(self.conv_blocks1(img), scale_factor=2)
-        if tuple(img.shape[-2:]) != self.out_hw:
-            img = F.interpolate(img, size=self.out_hw, mode="bilinear", align_corners=False)
+        img = self._up(self.conv_blocks0(out), self.conv_blocks1)
+        if (4 * self.init_hw[0], 4 * self.init_hw[1]) == self.out_hw:
+            return self._up(img, self.conv_blocks2)
+        img = F.interpolate(F.interpolate(img, scale_factor=2), size=self.out_hw, mode="bilinear", align_corners=False)
         return self.conv_blocks2(img)
 
 

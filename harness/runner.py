@@ -140,11 +140,11 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         ctx = build_context(teacher.model, student, spec.input_shape, spec.num_classes, seed,
                             suite.budget.iterations, device, suite.runtime.precision, suite.runtime.channels_last,
                             dataset=suite.dataset, compile=suite.runtime.compile,
-                            fast=suite.runtime.frozen_teacher)
+                            fast=suite.runtime.frozen_teacher, fused_upsample=suite.runtime.fused_upsample)
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
-                    frozen_teacher=ctx.fast)
+                    frozen_teacher=ctx.fast, fused_upsample=ctx.fused_upsample)
         m.setup()
         resume = load_resume_state(rd, fp, progress.log)
         rows = list(resume["history"]) if resume else []

@@ -42,6 +42,8 @@ class AdversarialMethod(Method):
         self.generator = build_model(p.generator, nz=p.nz, ngf=p.ngf, input_shape=c.input_shape).to(c.device)
         if c.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
+        if hasattr(self.generator, "fused_upsample"):
+            self.generator.fused_upsample = c.fused_upsample
         self.modules["generator"] = self.generator
 
     def setup(self):

@@ -48,6 +48,11 @@ def test_speed_command_prints_one_json_object():
     key = "bf16" if out["default"]["precision"] == "bfloat16" else "fp32"
     limit = max(out["matmul_peak_tflops"][key], out["conv_peak_tflops"][key])
     assert out["limit_over_achieved"] == pytest.approx(limit / out["default"]["achieved_tflops"], rel=0.02)
+    # the default path fuses the generator's upsample+conv pairs: it executes fewer FLOPs than the models' own
+    assert out["default"]["fused_upsample"] is True and out["plain"]["fused_upsample"] is False
+    d = out["default"]
+    assert d["gflop_per_iter"] < d["nominal_gflop_per_iter"] and d["achieved_tflops"] < d["nominal_tflops"]
+    assert out["limit_over_nominal"] == pytest.approx(limit / d["nominal_tflops"], rel=0.02)
 
 
 def test_conv_peak_counts_flops_of_the_conv():
@@ -60,7 +65,7 @@ def test_conv_peak_counts_flops_of_the_conv():
 
 
 @pytest.mark.parametrize("frozen", [True, False])
-def test_runtime_frozen_teacher_switch_reaches_the_run(tmp_path, frozen):
+def test_runtime_path_switches_reach_the_run(tmp_path, frozen):
     """`runtime.frozen_teacher=false` (with fp32, channels-last off) runs the plain path through the runner,
     so accuracy can be compared path against path; the summary says which path ran."""
     from conftest import FixedTeacher, random_test_set
@@ -71,11 +76,13 @@ def test_runtime_frozen_teacher_switch_reaches_the_run(tmp_path, frozen):
 
     suite = load_suite("mnist", "smoke", ["budget.iterations=2", "budget.eval_every=2", "runtime.device=cpu",
                                           "runtime.precision=fp32", "runtime.channels_last='off'",
-                                          f"runtime.frozen_teacher={str(frozen).lower()}"])
+                                          f"runtime.frozen_teacher={str(frozen).lower()}",
+                                          f"runtime.fused_upsample={str(frozen).lower()}"])
     teacher = build_model("lenet5").eval()
     rd = Store(tmp_path, suite.name).run("dfad", 0)
     execute_run(suite, "dfad", 0, rd, FixedTeacher(teacher), random_test_set((1, 32, 32)), torch.device("cpu"),
                 SuiteProgress(1, live=False))
     summary = json.loads((rd.path / "summary.json").read_text())
     assert summary["status"] == "done" and summary["frozen_teacher"] is frozen
+    assert summary["fused_upsample"] is frozen
     assert all(p.requires_grad is not frozen for p in teacher.parameters())
