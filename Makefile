@@ -59,17 +59,21 @@ ablation-mnist: setup data
 	$(BIN)/dfad-bench report ablation-loss --runs-dir $(RUNS)
 
 # #8's accuracy parity: DFAD on the default path and on the plain eager fp32 NCHW loop (the official one),
-# same teacher, seeds 0,1,2 (SEEDS= to change); the plain runs go to $(RUNS)-plain. Plain is ~7x slower on quick
-# (benchmarks/results/speed-mnist-paper-cpu.md): about 3.4 h for three seeds on a 2-core CPU.
+# quick profile (PROFILE= to change), same teacher, seeds 0,1,2 (SEEDS= to change); the plain runs go to
+# $(RUNS)-plain; ends with benchmarks/parity.py's comparison. Plain is ~7x slower on quick
+# (benchmarks/results/speed-mnist-paper-cpu.md): about 3.4 h for three seeds on a 2-core CPU. Interrupted
+# runs resume from their checkpoints when the target is run again.
 .PHONY: parity-mnist
 PARITY_SEEDS = $(if $(SEEDS),$(SEEDS),0,1,2)
+PARITY_PROFILE = $(if $(PROFILE),$(PROFILE),quick)
 parity-mnist: setup data
-	$(BIN)/dfad-bench run mnist --methods dfad --seeds $(PARITY_SEEDS) $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) --no-report
+	$(BIN)/dfad-bench run mnist --methods dfad --seeds $(PARITY_SEEDS) --profile $(PARITY_PROFILE) --runs-dir $(RUNS) --no-report
 	mkdir -p $(RUNS)-plain && cp -rn $(RUNS)/teachers $(RUNS)-plain/
-	$(BIN)/dfad-bench run mnist --methods dfad --seeds $(PARITY_SEEDS) $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)-plain --no-report \
-		runtime.precision=fp32 runtime.channels_last=off runtime.frozen_teacher=false
+	$(BIN)/dfad-bench run mnist --methods dfad --seeds $(PARITY_SEEDS) --profile $(PARITY_PROFILE) --runs-dir $(RUNS)-plain --no-report \
+		runtime.precision=fp32 runtime.channels_last=off runtime.frozen_teacher=false runtime.fused_upsample=false
 	$(BIN)/dfad-bench report mnist --runs-dir $(RUNS)
 	$(BIN)/dfad-bench report mnist --runs-dir $(RUNS)-plain
+	$(BIN)/python benchmarks/parity.py mnist --default $(RUNS) --plain $(RUNS)-plain
 
 # Two tune workers against a real PostgreSQL server on loopback (Debian's package, installed if missing).
 .PHONY: test-distributed

@@ -55,7 +55,12 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
         if not (s and s.get("status") == "done"):
             continue
         stored = read_yaml_or_none(rd.config)
-        if stored is None or not same_config(stored, suite.run_config(method, seed)):
+        current = suite.run_config(method, seed)
+        if stored is not None and _precision(stored) != _precision(current):
+            raise HarnessError(
+                f"{rd.path} finished with runtime.precision={_precision(stored)}, not {_precision(current)}; "
+                f"pass --force to redo it or --runs-dir to keep both")
+        if stored is None or not same_config(stored, current):
             raise HarnessError(
                 f"{rd.path} finished with a different config (profile {s.get('profile')!r}, "
                 f"{s.get('iterations')} iterations); pass --force to redo it or --runs-dir to keep both")
@@ -63,8 +68,11 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
 
 def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
     """Equal on every key the stored run recorded; keys added to the schema since then are ignored,
-    so upgrading the harness does not orphan finished runs. Runtime switches (device, threads,
-    precision) do not change what a run is."""
+    so upgrading the harness does not orphan finished runs. Runtime switches (device, threads, layout,
+    fusion, frozen teacher, compile) only change speed and rounding order and do not change what a run
+    is; precision does (bf16 against fp32 is what the default-vs-plain parity experiment compares)."""
+    if "runtime" in ignore and _precision(stored) != _precision(current):
+        return False
     for k, v in stored.items():
         if k in ignore:
             continue
@@ -76,6 +84,11 @@ def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
         elif v != current[k]:
             return False
     return True
+
+
+def _precision(cfg: dict) -> str:
+    rt = cfg.get("runtime")
+    return rt.get("precision", "auto") if isinstance(rt, dict) else "auto"
 
 
 def read_yaml_or_none(path: Path) -> dict | None:
@@ -94,13 +107,17 @@ def build_student(suite: Suite):
                        **suite.student.kwargs)
 
 
-def load_resume_state(rd: RunDir, fingerprint: str, log) -> dict | None:
+def load_resume_state(rd: RunDir, fingerprint: str, log, cfg: dict | None = None,
+                      previous_cfg: dict | None = None) -> dict | None:
     if not rd.checkpoint.exists():
         return None
     try:
         state = torch.load(rd.checkpoint, map_location="cpu", weights_only=True)
         if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
             raise ValueError("it was made by another config or version")
+        if cfg is not None and previous_cfg is not None and _precision(previous_cfg) != _precision(cfg):
+            raise ValueError(f"it was made with runtime.precision={_precision(previous_cfg)}, "
+                             f"not {_precision(cfg)}")
         return state
     except Exception as e:  # corrupt, foreign or incompatible: start over, say so once
         log(f"warning: checkpoint {rd.checkpoint} unusable ({str(e).splitlines()[0][:100]}); restarting the run")
@@ -126,6 +143,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
     cfg = suite.run_config(method, seed)
     fp = config_hash(cfg)
     rd.path.mkdir(parents=True, exist_ok=True)
+    previous_cfg = read_yaml_or_none(rd.config)  # what an unfinished run's checkpoint was made with
     rd.write_config(cfg)
     spec = get_dataset(suite.dataset)
     base = {"suite": suite.name, "profile": suite.profile, "method": method, "seed": seed, "config_hash": fp,
@@ -146,7 +164,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
                     frozen_teacher=ctx.fast, fused_upsample=ctx.fused_upsample)
         m.setup()
-        resume = load_resume_state(rd, fp, progress.log)
+        resume = load_resume_state(rd, fp, progress.log, cfg, previous_cfg)
         rows = list(resume["history"]) if resume else []
         for cb in callbacks:
             base.update(cb.on_run_start(rd, cfg, base) or {})

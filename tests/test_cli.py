@@ -51,6 +51,13 @@ def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
     changed = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), "budget.iterations=30",
                   env={"DFAD_DATA": str(mnist_data)})
     assert changed.returncode != 0 and "different config" in changed.stderr
+    # precision changes the numbers (what the default-vs-plain parity compares); layout and threads do not
+    other = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), "runtime.precision=fp32",
+                env={"DFAD_DATA": str(mnist_data)})
+    assert other.returncode != 0 and "runtime.precision=auto, not fp32" in other.stderr
+    same = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), "--methods", "dfad",
+               "runtime.channels_last=off", "runtime.threads=1", env={"DFAD_DATA": str(mnist_data)})
+    assert same.returncode == 0 and "already done" in same.stdout
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -105,3 +105,21 @@ def test_chance_accuracy_for_too_long_fails_the_run(tmp_path, mnist_data):
     assert r.returncode == 0, r.stderr  # the suite goes on
     s = json.loads((tmp_path / "mnist" / "dfad" / "seed-0" / "summary.json").read_text())
     assert s["status"] == "failed" and "chance" in s["reason"]
+
+
+def test_checkpoint_made_at_another_precision_is_not_resumed(tmp_path):
+    """A paused plain-path (fp32) run is not continued in bf16 or vice versa: the run restarts, and says why."""
+    from harness.loop import CHECKPOINT_VERSION
+    from harness.runner import load_resume_state
+    from harness.store import Store
+
+    rd = Store(tmp_path, "mnist").run("dfad", 0)
+    rd.path.mkdir(parents=True)
+    torch.save({"version": CHECKPOINT_VERSION, "fingerprint": "abc", "iteration": 7}, rd.checkpoint)
+    fp32, auto = {"runtime": {"precision": "fp32"}}, {"runtime": {"precision": "auto"}}
+    said = []
+    assert load_resume_state(rd, "abc", said.append, fp32, fp32)["iteration"] == 7
+    assert load_resume_state(rd, "abc", said.append, {"runtime": {"precision": "fp32", "threads": 1}}, fp32)
+    assert not said
+    assert load_resume_state(rd, "abc", said.append, auto, fp32) is None
+    assert len(said) == 1 and "runtime.precision=fp32, not auto" in said[0]
