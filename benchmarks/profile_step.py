@@ -4,6 +4,9 @@
       one default-path iteration under torch.profiler: the ops with the most self CPU time
   python benchmarks/profile_step.py generator mnist --profile paper
       the method's generator alone, eager against torch.compile, in the default path's precision and layout
+  python benchmarks/profile_step.py fusion cifar10 --profile cpu2h [--repeats 5]
+      default-path iterations with the generator's fused upsample+conv on and off, alternating in one process
+      (median s/iteration of each, and of the generator's forward and forward+backward alone)
   python benchmarks/profile_step.py upsample
       nearest 2x upsampling of 512x128x16x16, NCHW against channels-last, fp32 and bf16 (why the generator
       keeps channels-last from its first layer)
@@ -71,6 +74,45 @@ def generator(m, reps: int = 3) -> None:
             print(f"{name} {f.__name__}: {(time.perf_counter() - t0) / reps * 1000:.0f} ms", flush=True)
 
 
+def fusion(m, repeats: int = 5, iters: int = 2) -> None:
+    import statistics
+
+    c, g = m.ctx, m.generator
+    z = torch.randn(m.p.batch_size, m.p.nz, device=c.device)
+
+    def fwd():
+        with torch.no_grad(), c.autocast():
+            g(z)
+
+    def fwd_bwd():
+        with c.autocast():
+            y = g(z)
+        y.float().abs().mean().backward()
+
+    def iteration():
+        for i in range(iters):
+            m.step(i)
+
+    times: dict[tuple[str, bool], list[float]] = {}
+    for f in (iteration, fwd, fwd_bwd):  # warm-up, both settings
+        for on in (True, False):
+            g.fused_upsample = on
+            f()
+    for _ in range(repeats):
+        for f in (iteration, fwd, fwd_bwd):
+            for on in (True, False):
+                g.fused_upsample = on
+                t0 = time.perf_counter()
+                f()
+                times.setdefault((f.__name__, on), []).append((time.perf_counter() - t0) / (iters if f is iteration else 1))
+    for name in ("iteration", "fwd", "fwd_bwd"):
+        on, off = (statistics.median(times[(name, v)]) for v in (True, False))
+        print(f"{name}: fused {on * 1000:.0f} ms, unfused {off * 1000:.0f} ms, ratio {off / on:.2f}x "
+              f"(median of {repeats}; fused {[round(t * 1000) for t in times[(name, True)]]}, "
+              f"unfused {[round(t * 1000) for t in times[(name, False)]]})", flush=True)
+    g.fused_upsample = True
+
+
 def upsample(reps: int = 5) -> None:
     import torch.nn.functional as F
 
@@ -87,16 +129,19 @@ def upsample(reps: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["step", "generator", "upsample"])
+    ap.add_argument("what", choices=["step", "generator", "fusion", "upsample"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--method", default="dfad")
     ap.add_argument("--rows", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     if a.what == "upsample":
         return upsample()
     m = default_method(_load(a.suite, a.profile, a.overrides, announce=False), a.method)
+    if a.what == "fusion":
+        return fusion(m, a.repeats)
     step(m, a.rows) if a.what == "step" else generator(m)
 
 
