@@ -45,7 +45,7 @@ def parity(suite: str, default: str, plain: str, method: str = "dfad", tolerance
             sw = " | ".join(str(s.get(k, "-")) for k in SWITCHES)
             acc = (lambda k: f"{s[k]:.4f}" if done and s.get(k) is not None else "-")
             lines.append(f"| {name} | {seed} | {status} | {acc('best_acc')} | {acc('final_acc')} | {sw} | "
-                         f"{s.get('s_per_iter', '-')} | `{str(s.get('git_commit', '-'))[:7]}` |")
+                         f"{s.get('s_per_iter') or '-'} | `{str(s.get('git_commit', '-'))[:7]}` |")
             if done:
                 best.setdefault(name, []).append(s["best_acc"])
     lines.append("")
@@ -53,7 +53,8 @@ def parity(suite: str, default: str, plain: str, method: str = "dfad", tolerance
         xs = best.get(name, [])
         if xs:
             m, sd = mean_std(xs)
-            lines.append(f"- {name}: mean best accuracy **{m:.4f} ± {sd:.4f}** (n = {len(xs)}, sample std)")
+            spread = f" ± {sd:.4f}** (n = {len(xs)}, sample std)" if len(xs) > 1 else "** (n = 1)"
+            lines.append(f"- {name}: mean best accuracy **{m:.4f}{spread}")
         else:
             lines.append(f"- {name}: no finished run")
     if best.get("default") and best.get("plain"):
