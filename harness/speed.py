@@ -52,9 +52,13 @@ def time_steps(m, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def fused_generators(m) -> list:
+    return [g for g in m.modules.values() if getattr(g, "fused_upsample", False)]
+
+
 def flops_per_iter(m, nominal: bool = False) -> float:
     """FLOPs one iteration executes; nominal=True: those of the models as written (no fused upsample+conv)."""
-    fused = [g for g in m.modules.values() if getattr(g, "fused_upsample", False)] if nominal else []
+    fused = fused_generators(m) if nominal else []
     for g in fused:
         g.fused_upsample = False
     try:
@@ -121,7 +125,8 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
                 out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name, m in paths.items():
         s = statistics.median(times[name])
-        flops, nominal = flops_per_iter(m), flops_per_iter(m, nominal=True)
+        flops = flops_per_iter(m)
+        nominal = flops_per_iter(m, nominal=True) if fused_generators(m) else flops  # one more step only if it differs
         imgs = getattr(m, "teacher_images", None)
         per_iter_imgs = None
         if imgs is not None:
