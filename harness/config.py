@@ -51,6 +51,9 @@ class TeacherRecipe(Strict):
     augment: Optional[bool] = None  # None: the dataset's own training augmentation
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     train_subset: Optional[int] = Field(None, gt=0)  # first N training images only (smoke profiles)
+    # as many epochs (at most `epochs`) as fit in this many seconds, from a timing of the step on this
+    # machine; the schedule spans the epochs chosen. Left out of the cache key when unset.
+    time_budget_s: Optional[float] = Field(None, gt=0)
     seed: int = 0
 
 

@@ -73,12 +73,12 @@ def device_name(device: torch.device) -> str:
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        commit = out.stdout.strip() if out.returncode == 0 else os.environ.get("DFAD_GIT_COMMIT", "unknown")
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty and commit != "unknown" else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    except (OSError, subprocess.SubprocessError):  # no git (a copied tree): the commit named by whoever copied it
+        return os.environ.get("DFAD_GIT_COMMIT", "unknown")
 
 
 def versions() -> dict[str, str]:

@@ -83,16 +83,19 @@ def _best_time(fn, device, reps: int) -> float:
     return best
 
 
-def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
+def matmul_peak(device, dtype, n: int | None = None, reps: int = 10) -> float:
     """TFLOP/s of a large square matmul: the machine's practical limit for this dtype."""
+    n = n or (8192 if torch.device(device).type == "cuda" else 2048)  # a GPU needs a larger product to fill it
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / _best_time(lambda: a @ b, device, reps) / 1e12
 
 
-def conv_peak(device, dtype, channels_last: bool, n: int = 64, c: int = 256, hw: int = 32, reps: int = 5) -> float:
+def conv_peak(device, dtype, channels_last: bool, n: int | None = None, c: int = 256, hw: int = 32,
+              reps: int = 5) -> float:
     """TFLOP/s of a large 3x3 convolution (n x c x hw x hw, c -> c channels): the limit for conv-bound loops."""
     device = torch.device(device)
+    n = n or (512 if device.type == "cuda" else 64)
     x = torch.randn(n, c, hw, hw, device=device, dtype=dtype)
     conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype)
     if channels_last:
@@ -114,16 +117,23 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
                  "threads": torch.get_num_threads(), "iters": iters, "repeats": repeats,
                  "batch_size": getattr(paths["default"].p, "batch_size", None), "git_commit": env.git_commit()}
     times: dict[str, list[float]] = {k: [] for k in paths}
-    for m in paths.values():
+    # cudnn.benchmark is process-wide: on for the default path (unless the suite asks for determinism),
+    # off for the plain one, switched before each of its steps
+    benchmark = {"default": not suite.runtime.deterministic, "plain": False}
+    cudnn = torch.backends.cudnn
+    for name, m in paths.items():
+        cudnn.benchmark = benchmark[name]
         time_steps(m, warmup)
     for _ in range(repeats):  # alternate, so drifts of the machine hit both paths alike
         for name, m in paths.items():
+            cudnn.benchmark = benchmark[name]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times[name].append(time_steps(m, iters))
             if device.type == "cuda":
                 out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name, m in paths.items():
+        cudnn.benchmark = benchmark[name]
         s = statistics.median(times[name])
         flops = flops_per_iter(m)
         nominal = flops_per_iter(m, nominal=True) if fused_generators(m) else flops  # one more step only if it differs
@@ -141,7 +151,14 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
             "nominal_gflop_per_iter": round(nominal / 1e9, 2), "nominal_tflops": round(nominal / s / 1e12, 4),
             "precision": str(m.ctx.precision or "fp32").replace("torch.", ""),
             "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast, "fused_upsample": m.ctx.fused_upsample,
+            # the suite's whole schedule at this speed, evaluations not counted
+            "projected_schedule_s": round(s * suite.budget.iterations, 1),
         })
+        if device.type == "cuda":
+            out[name]["cudnn_benchmark"] = benchmark[name]
+    out["schedule_iterations"] = suite.budget.iterations
+    if device.type == "cuda":  # PyTorch's defaults, unchanged by the harness: fp32 convolutions may use TF32
+        out["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": cudnn.allow_tf32}
     out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["matmul_peak_tflops"] = {"fp32": round(matmul_peak(device, torch.float32), 4)}

@@ -2,6 +2,7 @@
 or loaded from a user's checkpoint (weights only: pickled code is never run)."""
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 import time
@@ -84,11 +85,47 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkp
 
 def teacher_key(suite: Suite) -> dict:
     t = suite.teacher
-    return {"dataset": suite.dataset, "model": t.model.model_dump(mode="json"), "recipe": t.recipe.model_dump(mode="json")}
+    recipe = t.recipe.model_dump(mode="json")
+    if recipe.get("time_budget_s") is None:  # added later: unset, it leaves the keys of existing teachers alone
+        recipe.pop("time_budget_s", None)
+    return {"dataset": suite.dataset, "model": t.model.model_dump(mode="json"), "recipe": recipe}
 
 
-def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print) -> tuple[nn.Module, float, float]:
-    """Supervised training with the recipe; returns (model, test accuracy, seconds)."""
+def fit_epochs(model, opt, batches, step, steps_per_epoch: int, evaluate_once, budget_s: float, max_epochs: int,
+               log=print, probe_steps: int = 20) -> int:
+    """How many epochs fit in budget_s: times probe_steps training steps (after warm-up, which also lets
+    cudnn pick its kernels) and one evaluation on copies of the model and optimiser, so the real run
+    starts untouched."""
+    t0 = time.perf_counter()
+    probe = copy.deepcopy(model)
+    probe_opt = type(opt)(probe.parameters(), **opt.defaults)
+    data, n = batches.data, batches.batch_size  # one fixed batch: the real run's batch order stays as it was
+    x, y = data.normalize(data.x[:n]), data.y[:n]
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
+    for _ in range(3):
+        step(probe, probe_opt, x, y)
+    sync()
+    t1 = time.perf_counter()
+    for _ in range(probe_steps):
+        step(probe, probe_opt, x, y)
+    sync()
+    step_s = (time.perf_counter() - t1) / probe_steps
+    t2 = time.perf_counter()
+    evaluate_once(probe)
+    eval_s = time.perf_counter() - t2
+    del probe, probe_opt
+    epoch_s = 1.05 * (steps_per_epoch * step_s + eval_s)  # 5% margin for drift
+    left = budget_s - (time.perf_counter() - t0)
+    epochs = max(1, min(max_epochs, int(left // epoch_s)))
+    log(f"teacher: time budget {budget_s:.0f}s: {step_s * 1e3:.1f} ms per step, {eval_s:.1f}s per evaluation, "
+        f"~{epoch_s:.1f}s per epoch -> {epochs} epochs (recipe: at most {max_epochs})")
+    return epochs
+
+
+def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print,
+                  channels_last: bool = False) -> tuple[nn.Module, float, float, int]:
+    """Supervised training with the recipe; returns (model, test accuracy, seconds, epochs run).
+    channels_last changes the memory layout only (tensor-core kernels on CUDA), not the function."""
     torch.manual_seed(recipe.seed)
     precision = env.resolve_precision(recipe.precision, device)
     train, test = spec.load("train"), spec.load("test")
@@ -99,36 +136,52 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
         augment = "crop_flip"
     batches = TensorBatches(train, recipe.batch_size, device, seed=recipe.seed, augment=augment)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
-    model = model.to(device).train()
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=mf).train()
     params = model.parameters()
     if recipe.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
                               nesterov=recipe.momentum > 0)
     else:
         opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    autocast = (lambda: torch.autocast(device.type, dtype=precision)) if precision else None
+    test = test.to(device)
+
+    def step(net, optimizer, x, y):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            loss = F.cross_entropy(net(x).float(), y, label_smoothing=recipe.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def evaluate_once(net):
+        return evaluate(net, test, device, autocast, channels_last=channels_last)
+
+    t0 = time.perf_counter()
+    epochs = recipe.epochs
+    if recipe.time_budget_s:
+        epochs = fit_epochs(model, opt, batches, step, steps_per_epoch, evaluate_once, recipe.time_budget_s,
+                            recipe.epochs, log)
+    total = steps_per_epoch * epochs
     if recipe.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total, pct_start=0.25)
     else:
-        fracs = [m / recipe.epochs for m in recipe.milestones]
+        fracs = [m / epochs for m in recipe.milestones]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(recipe.schedule, total, fracs, recipe.gamma))
-    autocast = (lambda: torch.autocast(device.type, dtype=precision)) if precision else None
-    t0 = time.perf_counter()
-    for epoch in range(recipe.epochs):
+    for epoch in range(epochs):
         loss_sum = torch.zeros((), device=device)
         for _ in range(steps_per_epoch):
             x, y = next(batches)
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
-                loss = F.cross_entropy(model(x).float(), y, label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = step(model, opt, x, y)
             sched.step()
             loss_sum += loss.detach()
-        acc = evaluate(model, test, device, autocast)
-        log(f"teacher epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
+        acc = evaluate_once(model)
+        log(f"teacher epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
             f"test {getattr(spec, 'metric', 'acc')} {acc:.4f}, {time.perf_counter() - t0:.0f}s")
-    return model, acc, time.perf_counter() - t0
+    return model, acc, time.perf_counter() - t0, epochs
 
 
 def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print) -> Teacher:
@@ -159,9 +212,15 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
         except HarnessError as e:
             log(f"warning: {e}; training the teacher again")
     log(f"teacher: training {suite.teacher.model.name} on {suite.dataset} ({suite.teacher.recipe.epochs} epochs)")
-    model, acc, seconds = train_teacher(model, spec, suite.teacher.recipe, device, log)
-    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-    meta = {**key, "test_acc": acc, "wall_time_s": round(seconds, 1), "device": env.device_name(device),
+    # channels-last for teacher training on CUDA (tensor-core layouts) unless the runtime says off; on CPUs
+    # only when asked (`on`): measured for the generator there, not for every teacher
+    cl = suite.runtime.channels_last == "on" or (suite.runtime.channels_last == "auto" and device.type == "cuda")
+    model, acc, seconds, epochs = train_teacher(model, spec, suite.teacher.recipe, device, log, channels_last=cl)
+    atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
+    meta = {**key, "test_acc": acc, "wall_time_s": round(seconds, 1), "epochs_run": epochs,
+            "channels_last": cl, "precision": str(env.resolve_precision(suite.teacher.recipe.precision, device)
+                                                  or "fp32").replace("torch.", ""),
+            "device": env.device_name(device),
             "git_commit": env.git_commit(), "versions": env.versions(), "source": "trained"}
     write_json(meta_path, meta)
     write_json(suite_record, {**meta, "path": str(weights.resolve())})

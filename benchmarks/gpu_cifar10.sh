@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# #8's GPU figures in one call of a lent GPU machine, every stage bounded so that one failing stage
+# leaves the others' results:
+#   1. `speed` on the CIFAR-10 paper configuration (ResNet-34-8x -> ResNet-18-8x, batch 256), both paths;
+#   2. `run cifar10 --profile gpu --methods dfad`: the 5-minute ResNet-34-8x teacher, then DFAD's
+#      25,000-iteration schedule until the deadline (SIGTERM: the loop checkpoints and stops cleanly).
+# Usage, from the repository root: benchmarks/gpu_cifar10.sh OUTDIR [TOTAL_SECONDS]
+# Data: DFAD_DATA if it holds cifar10/, else the archive named by CIFAR_ARCHIVE, unpacked to /tmp/data.
+# SPEED_PROFILE / RUN_PROFILE / SPEED_ARGS override the stages (smoke profiles try the script on a CPU).
+set -u
+OUT=${1:?usage: gpu_cifar10.sh OUTDIR [TOTAL_SECONDS]}
+TOTAL=${2:-540}
+START=$(date +%s)
+PY=${PYTHON:-python3}
+CLI="$PY -m harness.cli"
+RUNS=${RUNS:-/tmp/gpu-runs}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+left() { echo $(( TOTAL - ($(date +%s) - START) )); }
+stage() { echo "== $(date -u +%H:%M:%S) [$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/stages.log"; }
+
+stage machine
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 || true
+  $PY -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', platform.python_version()); print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
+  nproc; git rev-parse HEAD 2>/dev/null || echo "commit: ${COMMIT:-unknown}"; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+if [ ! -d "${DFAD_DATA:-/nonexistent}/cifar10/train" ]; then
+  stage "unpack ${CIFAR_ARCHIVE:?set DFAD_DATA or CIFAR_ARCHIVE}"
+  export DFAD_DATA=/tmp/data
+  mkdir -p "$DFAD_DATA/cifar10" && tar -xzf "$CIFAR_ARCHIVE" -C "$DFAD_DATA/cifar10"
+fi
+stage "decode cifar10 into the tensor cache"
+timeout 120 $PY -c "from harness.data import get_dataset as g; d = g('cifar10'); print(len(d.load('train')), len(d.load('test')))"
+
+stage "speed ${SPEED_PROFILE:-paper}"
+timeout $(( $(left) < 200 ? $(left) : 200 )) $CLI speed cifar10 --profile "${SPEED_PROFILE:-paper}" --method dfad \
+  ${SPEED_ARGS:---iters 10 --warmup 3 --repeats 3} > "$OUT/speed.json" 2> "$OUT/speed.err"
+echo "speed rc=$?"; cat "$OUT/speed.json"; tail -5 "$OUT/speed.err"
+
+stage "teacher + dfad (${RUN_PROFILE:-gpu}), $(left)s left"
+timeout -s TERM -k 30 "$(left)" $CLI run cifar10 --profile "${RUN_PROFILE:-gpu}" --methods dfad --seeds 0 \
+  --runs-dir "$RUNS" --no-report > "$OUT/run.log" 2>&1
+echo "run rc=$?"
+stage "collect"
+(cd "$RUNS" && find . -name '*.pt' -prune -o -type f -print | tar -czf "$OUT/runs.tgz" -T -) || true
+grep -E "teacher|error|Error" "$OUT/run.log" | tail -8
+tail -3 "$OUT/run.log"
+tail -4 "$RUNS"/cifar10/dfad/seed-0/metrics.csv 2>/dev/null
+stage done
