@@ -53,6 +53,13 @@ def test_speed_command_prints_one_json_object():
     d = out["default"]
     assert d["gflop_per_iter"] < d["nominal_gflop_per_iter"] and d["achieved_tflops"] < d["nominal_tflops"]
     assert out["limit_over_nominal"] == pytest.approx(limit / d["nominal_tflops"], rel=0.02)
+    # the suite's whole schedule at each path's speed
+    from harness.config import load_suite
+
+    n = load_suite("mnist", "smoke").budget.iterations
+    assert out["schedule_iterations"] == n
+    for path in ("default", "plain"):
+        assert out[path]["projected_schedule_s"] == pytest.approx(n * out[path]["s_per_iter"], abs=0.1)
 
 
 def test_conv_peak_counts_flops_of_the_conv():
@@ -86,3 +93,15 @@ def test_runtime_path_switches_reach_the_run(tmp_path, frozen):
     assert summary["status"] == "done" and summary["frozen_teacher"] is frozen
     assert summary["fused_upsample"] is frozen
     assert all(p.requires_grad is not frozen for p in teacher.parameters())
+
+
+def test_git_commit_named_by_the_copier_outside_a_repository(tmp_path, monkeypatch):
+    """A copied tree without .git (a lent GPU machine, a container) records the commit it was given."""
+    from harness import env
+
+    monkeypatch.setattr(env, "REPO", tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setenv("DFAD_GIT_COMMIT", "abc123")
+    assert env.git_commit.__wrapped__() == "abc123"
+    monkeypatch.delenv("DFAD_GIT_COMMIT")
+    assert env.git_commit.__wrapped__() == "unknown"

@@ -46,3 +46,72 @@ def test_bad_checkpoints(tmp_path, case, fragment):
         load_weights(build_model("lenet5"), path)
     assert fragment in str(e.value) and "\n" not in str(e.value)
     assert not os.path.exists("/tmp/dfad-pwned")
+
+
+# --- teacher recipes with a time budget (#8: the 5-minute GPU teacher) ---
+
+def _tiny_spec(n=64):
+    from harness.data import DatasetSpec
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return DatasetSpec("tiny", (1, 8, 8), 3, (0.5,), (0.25,), lambda root, split: (x, y))
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3))
+
+
+def test_time_budget_leaves_existing_teacher_keys_alone():
+    from harness.config import config_hash, load_suite
+    from harness.teacher import teacher_key
+
+    s = load_suite("mnist", "smoke")
+    key = teacher_key(s)
+    assert "time_budget_s" not in key["recipe"]  # the hash of every teacher trained before the field existed
+    budgeted = teacher_key(load_suite("mnist", "smoke", ["teacher.recipe.time_budget_s=60"]))
+    assert budgeted["recipe"]["time_budget_s"] == 60
+    assert config_hash(budgeted, ignore=()) != config_hash(key, ignore=())
+
+
+@pytest.mark.parametrize("budget,expect", [(1e6, 7), (1e-3, 1)])
+def test_time_budget_picks_epochs_and_leaves_the_model_untouched(tmp_path, budget, expect):
+    import copy
+
+    from harness.config import TeacherRecipe
+    from harness.data import TensorBatches
+    from harness.loop import evaluate
+    from harness.teacher import fit_epochs, train_teacher
+
+    spec = _tiny_spec()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFAD_DATA", str(tmp_path))
+        model = _tiny_net()
+        before = copy.deepcopy(model.state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        batches = TensorBatches(spec.load("train"), 16, "cpu")
+        state = copy.deepcopy(batches.state_dict())
+
+        def step(net, o, x, y):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        n = fit_epochs(model, opt, batches, step, 4, lambda net: evaluate(net, spec.load("test"), "cpu"),
+                       budget, 7, log=lambda *_: None, probe_steps=2)
+        assert n == expect  # capped by the recipe's epochs, at least one
+        for k, v in model.state_dict().items():  # the probe trained a copy
+            assert torch.equal(v, before[k]), k
+        assert not opt.state  # and used its own optimiser
+        assert batches.state_dict()["pos"] == state["pos"]  # the real run's batch order is untouched
+
+        recipe = TeacherRecipe(epochs=5, batch_size=16, lr=0.05, schedule="onecycle", time_budget_s=1e6,
+                               precision="fp32")
+        _, acc, seconds, epochs = train_teacher(_tiny_net(), spec, recipe, torch.device("cpu"), log=lambda *_: None,
+                                                channels_last=True)
+        assert epochs == 5 and 0 <= acc <= 1 and seconds > 0
