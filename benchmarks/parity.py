@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.store import Store
 
-SWITCHES = ("precision", "channels_last", "frozen_teacher", "fused_upsample")
+SWITCHES = ("precision", "channels_last", "frozen_teacher", "fused_upsample", "teacher_bn_folded")
 
 
 def seeds(runs_dir: str, suite: str, method: str) -> dict[int, dict]:

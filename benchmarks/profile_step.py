@@ -7,6 +7,9 @@
   python benchmarks/profile_step.py fusion cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the generator's fused upsample+conv on and off, alternating in one process
       (median s/iteration of each, and of the generator's forward and forward+backward alone)
+  python benchmarks/profile_step.py fold cifar10 --profile cpu2h [--repeats 5]
+      default-path iterations with the frozen teacher's BatchNorm folded into its convs and not (swapped into
+      the same method), and the teacher's forward and forward+backward-to-input alone
   python benchmarks/profile_step.py upsample
       nearest 2x upsampling of 512x128x16x16, NCHW against channels-last, fp32 and bf16 (why the generator
       keeps channels-last from its first layer)
@@ -28,9 +31,10 @@ from harness.teacher import build_teacher_model
 
 
 def default_method(suite, method):
+    """The default path's method, and its teacher as built (the method runs a folded copy of it)."""
     spec = get_dataset(suite.dataset)
     teacher = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
-    return build(suite, method, True, torch.device("cpu"), teacher, 5)
+    return build(suite, method, True, torch.device("cpu"), teacher, 5), teacher
 
 
 def step(m, rows: int) -> None:
@@ -74,9 +78,38 @@ def generator(m, reps: int = 3) -> None:
             print(f"{name} {f.__name__}: {(time.perf_counter() - t0) / reps * 1000:.0f} ms", flush=True)
 
 
-def fusion(m, repeats: int = 5, iters: int = 2) -> None:
+def alternate(m, toggle, fns, labels=("on", "off"), repeats: int = 5, iters: int = 2) -> None:
+    """Median time of each fn (and of `iters` default-path iterations) with toggle(True) and toggle(False),
+    alternating in one process so the machine's drift hits both alike."""
     import statistics
 
+    def iteration():
+        for i in range(iters):
+            m.step(i)
+
+    fns = [iteration, *fns]
+    times: dict[tuple[str, bool], list[float]] = {}
+    for f in fns:  # warm-up, both settings
+        for on in (True, False):
+            toggle(on)
+            f()
+    for _ in range(repeats):
+        for f in fns:
+            for on in (True, False):
+                toggle(on)
+                t0 = time.perf_counter()
+                f()
+                times.setdefault((f.__name__, on), []).append((time.perf_counter() - t0) / (iters if f is iteration else 1))
+    toggle(True)
+    a, b = labels
+    for f in fns:
+        on, off = (statistics.median(times[(f.__name__, v)]) for v in (True, False))
+        print(f"{f.__name__}: {a} {on * 1000:.0f} ms, {b} {off * 1000:.0f} ms, ratio {off / on:.2f}x "
+              f"(median of {repeats}; {a} {[round(t * 1000) for t in times[(f.__name__, True)]]}, "
+              f"{b} {[round(t * 1000) for t in times[(f.__name__, False)]]})", flush=True)
+
+
+def fusion(m, repeats: int = 5) -> None:
     c, g = m.ctx, m.generator
     z = torch.randn(m.p.batch_size, m.p.nz, device=c.device)
 
@@ -89,28 +122,29 @@ def fusion(m, repeats: int = 5, iters: int = 2) -> None:
             y = g(z)
         y.float().abs().mean().backward()
 
-    def iteration():
-        for i in range(iters):
-            m.step(i)
+    alternate(m, lambda on: setattr(g, "fused_upsample", on), [fwd, fwd_bwd], ("fused", "unfused"), repeats)
 
-    times: dict[tuple[str, bool], list[float]] = {}
-    for f in (iteration, fwd, fwd_bwd):  # warm-up, both settings
-        for on in (True, False):
-            g.fused_upsample = on
-            f()
-    for _ in range(repeats):
-        for f in (iteration, fwd, fwd_bwd):
-            for on in (True, False):
-                g.fused_upsample = on
-                t0 = time.perf_counter()
-                f()
-                times.setdefault((f.__name__, on), []).append((time.perf_counter() - t0) / (iters if f is iteration else 1))
-    for name in ("iteration", "fwd", "fwd_bwd"):
-        on, off = (statistics.median(times[(name, v)]) for v in (True, False))
-        print(f"{name}: fused {on * 1000:.0f} ms, unfused {off * 1000:.0f} ms, ratio {off / on:.2f}x "
-              f"(median of {repeats}; fused {[round(t * 1000) for t in times[(name, True)]]}, "
-              f"unfused {[round(t * 1000) for t in times[(name, False)]]})", flush=True)
-    g.fused_upsample = True
+
+def fold(m, unfolded, repeats: int = 5) -> None:
+    """The teacher with its BatchNorm folded into its convs (the default path) against the same teacher
+    unfolded, swapped into the same method; also the teacher's forward alone, and its forward+backward to
+    the input (the generator step's)."""
+    c, folded = m.ctx, m.ctx.teacher
+    print(f"{c.teacher_bn_folded} conv -> BN pairs folded", flush=True)
+    x = c.prepare(m.sample(m.p.batch_size))
+
+    def teacher_fwd():
+        with torch.no_grad(), c.autocast():
+            c.teacher(x)
+
+    def teacher_fwd_bwd():
+        xi = x.detach().requires_grad_()
+        with c.autocast():
+            y = c.teacher(xi)
+        y.float().abs().mean().backward()
+
+    alternate(m, lambda on: setattr(c, "teacher", folded if on else unfolded), [teacher_fwd, teacher_fwd_bwd],
+              ("folded", "unfolded"), repeats)
 
 
 def upsample(reps: int = 5) -> None:
@@ -129,7 +163,7 @@ def upsample(reps: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["step", "generator", "fusion", "upsample"])
+    ap.add_argument("what", choices=["step", "generator", "fusion", "fold", "upsample"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--profile", default="paper")
@@ -139,9 +173,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.what == "upsample":
         return upsample()
-    m = default_method(_load(a.suite, a.profile, a.overrides, announce=False), a.method)
+    m, teacher = default_method(_load(a.suite, a.profile, a.overrides, announce=False), a.method)
     if a.what == "fusion":
         return fusion(m, a.repeats)
+    if a.what == "fold":
+        return fold(m, teacher, a.repeats)
     step(m, a.rows) if a.what == "step" else generator(m)
 
 

@@ -13,6 +13,7 @@ from . import env
 from .config import one_line
 from .data import ImageTensors, LoaderBatches, TensorBatches, get_dataset, materialize
 from .errors import HarnessError
+from .fold import fold_batchnorm
 from .loop import LoopResult, run_loop
 from .method import Context, Method
 from .registry import METHODS
@@ -28,6 +29,10 @@ def make_method(name: str, ctx: Context, hyperparameters: dict) -> Method:
         params = cls.Params(**hyperparameters)
     except ValidationError as e:
         raise HarnessError(f"{name}: {one_line(e)}") from None
+    if ctx.fold_teacher_bn and not cls.needs_teacher_bn and not ctx.teacher_bn_folded:
+        teacher, ctx.teacher_bn_folded = fold_batchnorm(ctx.teacher)
+        mf = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        ctx.teacher = teacher.to(memory_format=mf)
     return cls(ctx, params)
 
 
@@ -51,7 +56,7 @@ def training_batches(ctx: Context, source: Optional[str], batch_size: int):
 def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,
                   iterations: int, device="auto", precision="auto", channels_last="auto",
                   dataset: str | None = None, train_set=None, fast: bool = True, compile: bool = False,
-                  fused_upsample: bool = True) -> Context:
+                  fused_upsample: bool = True, fold_teacher_bn: bool = True) -> Context:
     """The run's models on the device, with the speed switches applied.
 
     fast=False is the plain path `speed` compares against: the teacher keeps its parameter gradients
@@ -74,7 +79,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
     return Context(teacher=teacher, student=student, input_shape=tuple(input_shape), num_classes=num_classes,
                    device=dev, iterations=iterations, seed=seed,
                    precision=env.resolve_precision(precision, dev), channels_last=cl, fast=fast,
-                   fused_upsample=fused_upsample,
+                   fused_upsample=fused_upsample, fold_teacher_bn=fast and fold_teacher_bn,
                    dataset=dataset, train_set=train_set)
 
 

@@ -83,6 +83,10 @@ class RuntimeCfg(Strict):
     # generators compute each nearest-upsample + 3x3 conv as four 2x2 convs on the small input (4/9 of the
     # multiply-adds, the same function; harness/upconv.py); off on the plain path
     fused_upsample: bool = True
+    # the frozen teacher's conv -> BatchNorm pairs folded into single convs (the same function, one kernel and
+    # one pass over the activations fewer; harness/fold.py); needs frozen_teacher; methods that read the
+    # teacher's BN layers (DFQ-style) keep them
+    fold_teacher_bn: bool = True
 
     @field_validator("channels_last", mode="before")
     @classmethod

@@ -37,6 +37,8 @@ class Context:
     channels_last: bool = False
     fast: bool = True  # False: the official loop's wasted work (teacher graphs and weight grads), for `speed`
     fused_upsample: bool = False  # generators fuse upsample + conv (harness/upconv.py)
+    fold_teacher_bn: bool = False  # make_method folds the frozen teacher's conv -> BN pairs (harness/fold.py)
+    teacher_bn_folded: int = 0  # how many pairs it folded
     dataset: Optional[str] = None  # the suite's dataset name, for methods that read data
     train_set: Any = None  # a user's Dataset or ImageTensors, for data-driven methods
     extra: dict = field(default_factory=dict)
@@ -57,6 +59,7 @@ class Context:
 class Method:
     name: str = ""
     data_free: bool = True
+    needs_teacher_bn: bool = False  # True: the method reads the teacher's BatchNorm layers (never folded)
     Params = Params
 
     def __init__(self, ctx: Context, params: Params):

@@ -69,7 +69,7 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
 def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
     """Equal on every key the stored run recorded; keys added to the schema since then are ignored,
     so upgrading the harness does not orphan finished runs. Runtime switches (device, threads, layout,
-    fusion, frozen teacher, compile) only change speed and rounding order and do not change what a run
+    fusion, BN folding, frozen teacher, compile) only change speed and rounding order and do not change what a run
     is; precision does (bf16 against fp32 is what the default-vs-plain parity experiment compares)."""
     if "runtime" in ignore and _precision(stored) != _precision(current):
         return False
@@ -158,11 +158,12 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         ctx = build_context(teacher.model, student, spec.input_shape, spec.num_classes, seed,
                             suite.budget.iterations, device, suite.runtime.precision, suite.runtime.channels_last,
                             dataset=suite.dataset, compile=suite.runtime.compile,
-                            fast=suite.runtime.frozen_teacher, fused_upsample=suite.runtime.fused_upsample)
+                            fast=suite.runtime.frozen_teacher, fused_upsample=suite.runtime.fused_upsample,
+                            fold_teacher_bn=suite.runtime.fold_teacher_bn)
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
-                    frozen_teacher=ctx.fast, fused_upsample=ctx.fused_upsample)
+                    frozen_teacher=ctx.fast, fused_upsample=ctx.fused_upsample, teacher_bn_folded=ctx.teacher_bn_folded)
         m.setup()
         resume = load_resume_state(rd, fp, progress.log, cfg, previous_cfg)
         rows = list(resume["history"]) if resume else []

@@ -34,7 +34,7 @@ def build(suite: Suite, method: str, fast: bool, device, teacher, iters: int):
     ctx = build_context(teacher, build_student(suite), spec.input_shape, spec.num_classes, 0, iters + 10, device,
                         rt.precision if fast else "fp32", rt.channels_last if fast else "off",
                         dataset=suite.dataset, fast=fast and rt.frozen_teacher, compile=rt.compile and fast,
-                        fused_upsample=fast and rt.fused_upsample)
+                        fused_upsample=fast and rt.fused_upsample, fold_teacher_bn=fast and rt.fold_teacher_bn)
     m = make_method(suite.run_config(method, 0).get("method_class", method), ctx, suite.run_config(method, 0)["params"])
     m.setup()
     return m
@@ -151,6 +151,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
             "nominal_gflop_per_iter": round(nominal / 1e9, 2), "nominal_tflops": round(nominal / s / 1e12, 4),
             "precision": str(m.ctx.precision or "fp32").replace("torch.", ""),
             "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast, "fused_upsample": m.ctx.fused_upsample,
+            "teacher_bn_folded": m.ctx.teacher_bn_folded,
             # the suite's whole schedule at this speed, evaluations not counted
             "projected_schedule_s": round(s * suite.budget.iterations, 1),
         })

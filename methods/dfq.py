@@ -33,6 +33,7 @@ class DFQParams(DFADParams):
 class DFQ(DFAD):
     name = "dfq"
     Params = DFQParams
+    needs_teacher_bn = True  # its prior hooks the teacher's BatchNorm layers
 
     def setup(self):
         self.bns = [m for m in self.ctx.teacher.modules()
