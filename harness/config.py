@@ -87,6 +87,9 @@ class RuntimeCfg(Strict):
     # one pass over the activations fewer; harness/fold.py); needs frozen_teacher; methods that read the
     # teacher's BN layers (DFQ-style) keep them
     fold_teacher_bn: bool = True
+    # a checkpoint at an evaluation only when this many seconds passed since the last (0: every evaluation);
+    # the first evaluation, the end and a stop (Ctrl-C, SIGTERM) always write one. A SIGKILL loses at most this much.
+    checkpoint_every_s: float = Field(60.0, ge=0)
 
     @field_validator("channels_last", mode="before")
     @classmethod

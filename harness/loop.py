@@ -115,13 +115,16 @@ def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: in
              checkpoint: Path | None = None, resume_state: dict | None = None,
              on_eval: Callable[[dict], None] | None = None,
              on_progress: Callable[[int, int, float | None], None] | None = None,
-             fingerprint: str = "", chance_evals: int | None = None) -> LoopResult:
+             fingerprint: str = "", chance_evals: int | None = None,
+             checkpoint_every_s: float = 0.0) -> LoopResult:
     """Run `method` for `iterations`, evaluating on `test` every `eval_every` iterations.
 
     `chance_evals`: fail the run when that many evaluations in a row sit at chance accuracy.
+    `checkpoint_every_s`: write the checkpoint at an evaluation only when this long has passed since the
+    last one (0: at every evaluation); the first evaluation, the last iteration and a stop always write it.
     """
     loop = _Loop(method, test.to(method.ctx.device), iterations, eval_every, checkpoint, fingerprint,
-                 on_eval, on_progress, chance_evals)
+                 on_eval, on_progress, chance_evals, checkpoint_every_s)
     if resume_state is not None:
         loop.resume(resume_state)
     return loop.run()
@@ -129,10 +132,11 @@ def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: in
 
 class _Loop:
     def __init__(self, method, test, iterations, eval_every, checkpoint, fingerprint, on_eval, on_progress,
-                 chance_evals):
+                 chance_evals, checkpoint_every_s=0.0):
         self.method, self.ctx, self.test = method, method.ctx, test
         self.iterations, self.eval_every = iterations, eval_every
         self.checkpoint, self.fingerprint = checkpoint, fingerprint
+        self.checkpoint_every_s, self.saved_at = checkpoint_every_s, None
         self.on_eval, self.on_progress, self.chance_evals = on_eval, on_progress, chance_evals
         self.history: list[dict] = []
         self.it = self.start_it = 0
@@ -151,6 +155,7 @@ class _Loop:
         return self.prior_time + time.perf_counter() - self.t0
 
     def save(self) -> None:
+        self.saved_at = time.perf_counter()
         if self.checkpoint is not None:
             atomic_torch_save({
                 "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "iteration": self.it,
@@ -205,7 +210,9 @@ class _Loop:
             row["metric"] = self.test.metric
         self.history.append(row)
         self.sums, self.count = {}, 0
-        self.save()
+        if (self.saved_at is None or self.it == self.iterations
+                or time.perf_counter() - self.saved_at >= self.checkpoint_every_s):
+            self.save()
         if self.on_eval:
             self.on_eval(row)
         self.check_chance()

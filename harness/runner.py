@@ -181,7 +181,8 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         progress.start_run(f"{method} seed {seed}", suite.budget.iterations, resume["iteration"] if resume else 0)
         result = run_loop(m, test, suite.budget.iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
                           resume_state=resume, on_eval=on_eval, on_progress=progress.update_run, fingerprint=fp,
-                          chance_evals=suite.budget.chance_evals)
+                          chance_evals=suite.budget.chance_evals,
+                          checkpoint_every_s=suite.runtime.checkpoint_every_s)
         atomic_torch_save({k: v.detach().cpu() for k, v in result.student.state_dict().items()}, rd.student)
         best_row = max(result.history, key=lambda r: r["test_acc"])
         summary = {**base, "status": "done", "best_acc": result.best_acc, "final_acc": result.final_acc,

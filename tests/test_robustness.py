@@ -123,3 +123,25 @@ def test_checkpoint_made_at_another_precision_is_not_resumed(tmp_path):
     assert not said
     assert load_resume_state(rd, "abc", said.append, auto, fp32) is None
     assert len(said) == 1 and "runtime.precision=fp32, not auto" in said[0]
+
+
+@pytest.mark.parametrize("every_s", [0.0, 1e9])
+def test_checkpoints_at_evaluations_at_most_as_often_as_asked(tmp_path, every_s):
+    """0: a checkpoint at every evaluation. Otherwise the first evaluation and the last iteration write one,
+    and the evaluations between do not when less than checkpoint_every_s has passed."""
+    from harness.api import build_context, make_method
+    from harness.loop import run_loop
+    from harness.models import build_model
+    from conftest import random_test_set
+
+    torch.manual_seed(0)
+    ctx = build_context(build_model("lenet5"), build_model("lenet5_half"), (1, 32, 32), 10, 0, 40, "cpu", "fp32",
+                        "off")
+    m = make_method("dfad", ctx, {"batch_size": 4, "nz": 8, "ngf": 4, "k": 1})
+    m.setup()
+    path = tmp_path / "checkpoint.pt"
+    seen = []
+    run_loop(m, random_test_set((1, 32, 32)), 40, 10, checkpoint=path, checkpoint_every_s=every_s,
+             on_eval=lambda row: seen.append((row["iteration"], torch.load(path, weights_only=True)["iteration"])))
+    expect = [(10, 10), (20, 20), (30, 30), (40, 40)] if every_s == 0 else [(10, 10), (20, 10), (30, 10), (40, 40)]
+    assert seen == expect
