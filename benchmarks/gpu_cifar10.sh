@@ -7,6 +7,8 @@
 # Usage, from the repository root: benchmarks/gpu_cifar10.sh OUTDIR [TOTAL_SECONDS]
 # Data: DFAD_DATA if it holds cifar10/, else the archive named by CIFAR_ARCHIVE, unpacked to /tmp/data.
 # SPEED_PROFILE / RUN_PROFILE / SPEED_ARGS override the stages (smoke profiles try the script on a CPU).
+# DFAD_GIT_COMMIT: the host's commit (`git rev-parse HEAD` there); the runs record it, since a copied tree's
+# .git can be stale.
 set -u
 OUT=${1:?usage: gpu_cifar10.sh OUTDIR [TOTAL_SECONDS]}
 TOTAL=${2:-540}
@@ -22,7 +24,8 @@ stage() { echo "== $(date -u +%H:%M:%S) [$(( $(date +%s) - START ))s] $*" | tee 
 stage machine
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 || true
   $PY -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', platform.python_version()); print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
-  nproc; git rev-parse HEAD 2>/dev/null || echo "commit: ${COMMIT:-unknown}"; } > "$OUT/machine.txt" 2>&1
+  nproc; echo "commit (DFAD_GIT_COMMIT, from the host): ${DFAD_GIT_COMMIT:-unset}; git here: $(git rev-parse HEAD 2>/dev/null || echo none)"
+} > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
 if [ ! -d "${DFAD_DATA:-/nonexistent}/cifar10/train" ]; then

@@ -71,6 +71,8 @@ def device_name(device: torch.device) -> str:
 
 @functools.lru_cache
 def git_commit() -> str:
+    if os.environ.get("DFAD_GIT_COMMIT"):  # named by whoever copied the tree (a lent GPU machine's copy can
+        return os.environ["DFAD_GIT_COMMIT"]  # carry a stale .git): it wins over what git says there
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip() if out.returncode == 0 else os.environ.get("DFAD_GIT_COMMIT", "unknown")

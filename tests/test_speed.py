@@ -105,3 +105,9 @@ def test_git_commit_named_by_the_copier_outside_a_repository(tmp_path, monkeypat
     assert env.git_commit.__wrapped__() == "abc123"
     monkeypatch.delenv("DFAD_GIT_COMMIT")
     assert env.git_commit.__wrapped__() == "unknown"
+    monkeypatch.setattr(env, "REPO", REPO)  # inside the repository the copier's name still wins: .git may be stale
+    monkeypatch.setenv("DFAD_GIT_COMMIT", "abc123")
+    assert env.git_commit.__wrapped__() == "abc123"
+    monkeypatch.delenv("DFAD_GIT_COMMIT")
+    if (REPO / ".git").exists():  # a git checkout: the commit git names
+        assert len(env.git_commit.__wrapped__().split("-")[0]) == 40
