@@ -33,6 +33,8 @@ def make_method(name: str, ctx: Context, hyperparameters: dict) -> Method:
         teacher, ctx.teacher_bn_folded = fold_batchnorm(ctx.teacher)
         mf = torch.channels_last if ctx.channels_last else torch.contiguous_format
         ctx.teacher = teacher.to(memory_format=mf)
+    if ctx.compile and getattr(ctx.teacher, "_compiled_call_impl", None) is None:
+        ctx.teacher.compile()  # after folding: the teacher the method runs is the one compiled
     return cls(ctx, params)
 
 
@@ -74,12 +76,11 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
     mf = torch.channels_last if cl else torch.contiguous_format
     student, teacher = student.to(memory_format=mf), teacher.to(memory_format=mf)
     if compile:  # in place, so state_dict keys (checkpoints, student.pt) stay those of the plain module
-        student.compile()
-        teacher.compile()
+        student.compile()  # the teacher is compiled by make_method, once it is folded
     return Context(teacher=teacher, student=student, input_shape=tuple(input_shape), num_classes=num_classes,
                    device=dev, iterations=iterations, seed=seed,
                    precision=env.resolve_precision(precision, dev), channels_last=cl, fast=fast,
-                   fused_upsample=fused_upsample, fold_teacher_bn=fast and fold_teacher_bn,
+                   fused_upsample=fused_upsample, fold_teacher_bn=fast and fold_teacher_bn, compile=compile,
                    dataset=dataset, train_set=train_set)
 
 

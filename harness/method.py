@@ -39,6 +39,7 @@ class Context:
     fused_upsample: bool = False  # generators fuse upsample + conv (harness/upconv.py)
     fold_teacher_bn: bool = False  # make_method folds the frozen teacher's conv -> BN pairs (harness/fold.py)
     teacher_bn_folded: int = 0  # how many pairs it folded
+    compile: bool = False  # torch.compile the student (build_context) and the teacher (make_method, after folding)
     dataset: Optional[str] = None  # the suite's dataset name, for methods that read data
     train_set: Any = None  # a user's Dataset or ImageTensors, for data-driven methods
     extra: dict = field(default_factory=dict)

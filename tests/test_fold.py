@@ -98,3 +98,15 @@ def test_the_fast_path_folds_unless_the_method_reads_bn(method, fast, switch, fo
     has_bn = any(isinstance(x, nn.BatchNorm2d) for x in ctx.teacher.modules())
     assert (ctx.teacher_bn_folded > 0) == folded and has_bn == (not folded)
     assert any(isinstance(x, nn.BatchNorm2d) for x in t.modules())  # the caller's teacher keeps its layers
+
+
+def test_with_compile_the_teacher_the_method_runs_is_compiled():
+    """runtime.compile: the folded copy is what gets compiled (a copy of a compiled module is not compiled)."""
+    from harness.api import build_context, make_method
+
+    ctx = build_context(_teacher(dtype=torch.float32), build_model("resnet8", num_classes=10), (3, 32, 32), 10, 0,
+                        4, "cpu", "fp32", "off", compile=True)
+    make_method("dfad", ctx, {"batch_size": 4, "nz": 8, "ngf": 4})
+    assert ctx.teacher_bn_folded > 0
+    assert getattr(ctx.teacher, "_compiled_call_impl", None) is not None
+    assert getattr(ctx.student, "_compiled_call_impl", None) is not None
