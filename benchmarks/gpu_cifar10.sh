@@ -2,8 +2,10 @@
 # #8's GPU figures in one call of a lent GPU machine, every stage bounded so that one failing stage
 # leaves the others' results:
 #   1. `speed` on the CIFAR-10 paper configuration (ResNet-34-8x -> ResNet-18-8x, batch 256), both paths;
-#   2. `run cifar10 --profile gpu --methods dfad`: the 5-minute ResNet-34-8x teacher, then DFAD's
-#      25,000-iteration schedule until the deadline (SIGTERM: the loop checkpoints and stops cleanly).
+#   2. the same with runtime.cuda_graph=true: the default path replays the iteration as one CUDA graph;
+#   3. `run cifar10 --profile gpu --methods dfad`: the 5-minute ResNet-34-8x teacher, then DFAD's
+#      25,000-iteration schedule until the deadline (SIGTERM: the loop checkpoints and stops cleanly),
+#      with runtime.cuda_graph=true if stage 2 captured and beat stage 1 (RUN_ARGS overrides the choice).
 # Usage, from the repository root: benchmarks/gpu_cifar10.sh OUTDIR [TOTAL_SECONDS]
 # Data: DFAD_DATA if it holds cifar10/, else the archive named by CIFAR_ARCHIVE, unpacked to /tmp/data.
 # SPEED_PROFILE / RUN_PROFILE / SPEED_ARGS override the stages (smoke profiles try the script on a CPU).
@@ -41,8 +43,24 @@ timeout $(( $(left) < 200 ? $(left) : 200 )) $CLI speed cifar10 --profile "${SPE
   ${SPEED_ARGS:---iters 10 --warmup 3 --repeats 3} > "$OUT/speed.json" 2> "$OUT/speed.err"
 echo "speed rc=$?"; cat "$OUT/speed.json"; tail -5 "$OUT/speed.err"
 
+stage "speed ${SPEED_PROFILE:-paper}, runtime.cuda_graph=true"
+timeout $(( $(left) < 200 ? $(left) : 200 )) $CLI speed cifar10 runtime.cuda_graph=true --profile "${SPEED_PROFILE:-paper}" \
+  --method dfad ${SPEED_ARGS:---iters 10 --warmup 3 --repeats 3} > "$OUT/speed-graph.json" 2> "$OUT/speed-graph.err"
+echo "speed (graph) rc=$?"; cat "$OUT/speed-graph.json"; tail -5 "$OUT/speed-graph.err"
+# the run replays graphs only if the capture worked and was faster than eager steps
+GRAPH=$($PY -c "
+import json, sys
+try:
+    e, g = (json.load(open(f'$OUT/{n}.json'))['default'] for n in ('speed', 'speed-graph'))
+    print('runtime.cuda_graph=true' if g['cuda_graph']['mode'] == 'graph' and g['s_per_iter'] < e['s_per_iter'] else '')
+except Exception as x:
+    print(f'no graph choice: {x}', file=sys.stderr)
+")
+RUN_ARGS=${RUN_ARGS-$GRAPH}
+echo "run overrides: ${RUN_ARGS:-none}" | tee -a "$OUT/stages.log"
+
 stage "teacher + dfad (${RUN_PROFILE:-gpu}), $(left)s left"
-timeout -s TERM -k 30 "$(left)" $CLI run cifar10 --profile "${RUN_PROFILE:-gpu}" --methods dfad --seeds 0 \
+timeout -s TERM -k 30 "$(left)" $CLI run cifar10 $RUN_ARGS --profile "${RUN_PROFILE:-gpu}" --methods dfad --seeds 0 \
   --runs-dir "$RUNS" --no-report > "$OUT/run.log" 2>&1
 echo "run rc=$?"
 stage "collect"

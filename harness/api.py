@@ -58,13 +58,15 @@ def training_batches(ctx: Context, source: Optional[str], batch_size: int):
 def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,
                   iterations: int, device="auto", precision="auto", channels_last="auto",
                   dataset: str | None = None, train_set=None, fast: bool = True, compile: bool = False,
-                  fused_upsample: bool = True, fold_teacher_bn: bool = True) -> Context:
+                  fused_upsample: bool = True, fold_teacher_bn: bool = True, cuda_graph: bool = False) -> Context:
     """The run's models on the device, with the speed switches applied.
 
     fast=False is the plain path `speed` compares against: the teacher keeps its parameter gradients
     and the imitation steps build its graph, as the official loop does.
     """
     dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if cuda_graph and dev.type != "cuda":
+        raise HarnessError(f"runtime.cuda_graph needs a CUDA device, and this run's device is {dev}")
     torch.manual_seed(seed)
     teacher = teacher.to(dev).eval()
     for p in teacher.parameters():
@@ -81,6 +83,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
                    device=dev, iterations=iterations, seed=seed,
                    precision=env.resolve_precision(precision, dev), channels_last=cl, fast=fast,
                    fused_upsample=fused_upsample, fold_teacher_bn=fast and fold_teacher_bn, compile=compile,
+                   cuda_graph=cuda_graph,
                    dataset=dataset, train_set=train_set)
 
 

@@ -90,6 +90,16 @@ class RuntimeCfg(Strict):
     # a checkpoint at an evaluation only when this many seconds passed since the last (0: every evaluation);
     # the first evaluation, the end and a stop (Ctrl-C, SIGTERM) always write one. A SIGKILL loses at most this much.
     checkpoint_every_s: float = Field(60.0, ge=0)
+    # CUDA only: after 3 eager iterations, capture a graphable method's iteration (DFAD, DFQ-style) once and
+    # replay it, one launch instead of thousands (harness/graphs.py); other methods run eagerly. Off by default
+    # until measured on a GPU.
+    cuda_graph: bool = False
+
+    @model_validator(mode="after")
+    def _one_launcher(self):
+        if self.cuda_graph and self.compile:
+            raise ValueError("cuda_graph and compile cannot both be on: choose one")
+        return self
 
     @field_validator("channels_last", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .data import ImageTensors
 from .errors import DivergenceError
+from .graphs import stepper
 from .method import Method
 from .store import atomic_torch_save
 
@@ -35,6 +36,7 @@ class LoopResult:
     train_time_s: float
     resumed_from: int = 0
     method: Optional[Method] = field(default=None, repr=False)
+    cuda_graph: Optional[dict] = None  # runtime.cuda_graph: how the steps ran (GraphedStep.status)
 
 
 @torch.no_grad()
@@ -143,6 +145,7 @@ class _Loop:
         self.prior_time = self.train_time = 0.0
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.stepper = stepper(method, self.ctx.cuda_graph)
 
     def resume(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
@@ -177,10 +180,12 @@ class _Loop:
             best_acc=max(accs) if accs else float("nan"), final_acc=accs[-1] if accs else float("nan"),
             history=self.history, student=self.ctx.student, iterations=self.it, wall_time_s=self.elapsed(),
             train_time_s=self.train_time, resumed_from=self.start_it, method=self.method,
+            cuda_graph=getattr(self.stepper, "status", None),
         )
 
     def step(self) -> None:
-        losses = self.method.step(self.it)
+        losses = self.stepper(self.it)
+        self.method.count()
         for k, v in losses.items():  # summed on the device: no host sync until the evaluation
             self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float().clone()
         self.count += 1

@@ -40,6 +40,7 @@ class Context:
     fold_teacher_bn: bool = False  # make_method folds the frozen teacher's conv -> BN pairs (harness/fold.py)
     teacher_bn_folded: int = 0  # how many pairs it folded
     compile: bool = False  # torch.compile the student (build_context) and the teacher (make_method, after folding)
+    cuda_graph: bool = False  # the loop replays graphable methods' steps as one CUDA graph (harness/graphs.py)
     dataset: Optional[str] = None  # the suite's dataset name, for methods that read data
     train_set: Any = None  # a user's Dataset or ImageTensors, for data-driven methods
     extra: dict = field(default_factory=dict)
@@ -61,6 +62,9 @@ class Method:
     name: str = ""
     data_free: bool = True
     needs_teacher_bn: bool = False  # True: the method reads the teacher's BatchNorm layers (never folded)
+    # True: `step` may be captured once and replayed as a CUDA graph (runtime.cuda_graph): static shapes, noise
+    # drawn on the device, no host sync, no use of `it`, and no host-side state changed outside `count`
+    graphable: bool = False
     Params = Params
 
     def __init__(self, ctx: Context, params: Params):
@@ -76,6 +80,10 @@ class Method:
     def step(self, it: int) -> dict[str, torch.Tensor]:
         """One iteration; returns detached loss tensors (the loop syncs them only at evaluations)."""
         raise NotImplementedError
+
+    def count(self) -> None:
+        """Host-side bookkeeping of one iteration (e.g. images through the teacher); the loop calls it after
+        every step, run or replayed. Kept out of `step`, which a CUDA graph replays without running Python."""
 
     def sample(self, n: int) -> Optional[torch.Tensor]:
         """Images the method trains on (for sample grids); None if it has none to show."""

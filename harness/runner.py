@@ -159,7 +159,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                             suite.budget.iterations, device, suite.runtime.precision, suite.runtime.channels_last,
                             dataset=suite.dataset, compile=suite.runtime.compile,
                             fast=suite.runtime.frozen_teacher, fused_upsample=suite.runtime.fused_upsample,
-                            fold_teacher_bn=suite.runtime.fold_teacher_bn)
+                            fold_teacher_bn=suite.runtime.fold_teacher_bn, cuda_graph=suite.runtime.cuda_graph)
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
@@ -188,10 +188,14 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         summary = {**base, "status": "done", "best_acc": result.best_acc, "final_acc": result.final_acc,
                    "best_iteration": best_row["iteration"], "iterations": result.iterations,
                    "wall_time_s": round(result.wall_time_s, 2), "train_time_s": round(result.train_time_s, 2),
-                   "s_per_iter": round(result.train_time_s / max(1, result.iterations - result.resumed_from), 4)
-                   if not result.resumed_from else None, "resumed_from": result.resumed_from,
+                   # train_time_s adds up every session's training time (the checkpoint carries it), so this is
+                   # the run's mean over all its iterations, resumed or not
+                   "s_per_iter": round(result.train_time_s / max(1, result.iterations), 4),
+                   "resumed_from": result.resumed_from,
                    # images through the teacher, so methods can be compared at equal cost
                    "teacher_forward_images": getattr(m, "teacher_images", None)}
+        if result.cuda_graph:
+            summary["cuda_graph"] = result.cuda_graph
         rd.write_summary(summary)
         for cb in callbacks:
             cb.on_run_end(summary)

@@ -18,6 +18,7 @@ from . import env
 from .api import build_context, make_method
 from .config import Suite
 from .data import get_dataset
+from .graphs import stepper
 from .runner import build_student
 from .teacher import build_teacher_model
 
@@ -34,20 +35,22 @@ def build(suite: Suite, method: str, fast: bool, device, teacher, iters: int):
     ctx = build_context(teacher, build_student(suite), spec.input_shape, spec.num_classes, 0, iters + 10, device,
                         rt.precision if fast else "fp32", rt.channels_last if fast else "off",
                         dataset=suite.dataset, fast=fast and rt.frozen_teacher, compile=rt.compile and fast,
-                        fused_upsample=fast and rt.fused_upsample, fold_teacher_bn=fast and rt.fold_teacher_bn)
+                        fused_upsample=fast and rt.fused_upsample, fold_teacher_bn=fast and rt.fold_teacher_bn,
+                        cuda_graph=fast and rt.cuda_graph)
     m = make_method(suite.run_config(method, 0).get("method_class", method), ctx, suite.run_config(method, 0)["params"])
     m.setup()
     return m
 
 
-def time_steps(m, n: int) -> float:
+def time_steps(m, step, n: int) -> float:
+    """Seconds per iteration of n calls of `step` (the method's, or its CUDA-graph replay)."""
     if n == 0:
         return 0.0
     device = m.ctx.device
     _sync(device)
     t0 = time.perf_counter()
     for i in range(n):
-        m.step(i)
+        step(i)
     _sync(device)
     return (time.perf_counter() - t0) / n
 
@@ -116,6 +119,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     out: dict = {"suite": suite.name, "profile": suite.profile, "method": method, "device": env.device_name(device),
                  "threads": torch.get_num_threads(), "iters": iters, "repeats": repeats,
                  "batch_size": getattr(paths["default"].p, "batch_size", None), "git_commit": env.git_commit()}
+    steps = {name: stepper(m, m.ctx.cuda_graph) for name, m in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in paths}
     # cudnn.benchmark is process-wide: on for the default path (unless the suite asks for determinism),
     # off for the plain one, switched before each of its steps
@@ -123,13 +127,14 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     cudnn = torch.backends.cudnn
     for name, m in paths.items():
         cudnn.benchmark = benchmark[name]
-        time_steps(m, warmup)
+        # a graphed path warms up past its capture, so no timed repeat pays for it
+        time_steps(m, steps[name], max(warmup, getattr(steps[name], "warmup", -1) + 1))
     for _ in range(repeats):  # alternate, so drifts of the machine hit both paths alike
         for name, m in paths.items():
             cudnn.benchmark = benchmark[name]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            times[name].append(time_steps(m, iters))
+            times[name].append(time_steps(m, steps[name], iters))
             if device.type == "cuda":
                 out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name, m in paths.items():
@@ -137,11 +142,10 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
         s = statistics.median(times[name])
         flops = flops_per_iter(m)
         nominal = flops_per_iter(m, nominal=True) if fused_generators(m) else flops  # one more step only if it differs
-        imgs = getattr(m, "teacher_images", None)
         per_iter_imgs = None
-        if imgs is not None:
+        if getattr(m, "teacher_images", None) is not None:
             before = m.teacher_images
-            m.step(0)
+            m.count()
             per_iter_imgs = m.teacher_images - before
         out.setdefault(name, {}).update({
             "s_per_iter": round(s, 5), "s_per_iter_all": [round(t, 5) for t in times[name]],
@@ -152,6 +156,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
             "precision": str(m.ctx.precision or "fp32").replace("torch.", ""),
             "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast, "fused_upsample": m.ctx.fused_upsample,
             "teacher_bn_folded": m.ctx.teacher_bn_folded,
+            "cuda_graph": getattr(steps[name], "status", None),
             # the suite's whole schedule at this speed, evaluations not counted
             "projected_schedule_s": round(s * suite.budget.iterations, 1),
         })

@@ -90,6 +90,8 @@ class DAFL(AdversarialMethod):
         (loss_G + loss_S).backward()  # disjoint graphs: one backward, as in the official code
         self.opt_G.step()
         self.opt_S.step()
-        self.teacher_images += p.batch_size
         return {"loss_S": loss_S.detach(), "loss_G": loss_G.detach(), "loss_oh": terms["oh"].detach(),
                 "loss_ie": terms["ie"].detach(), "loss_a": terms["a"].detach()}
+
+    def count(self):
+        self.teacher_images += self.p.batch_size

@@ -58,7 +58,7 @@ class AdversarialMethod(Method):
         self.objective = GENERATOR_OBJECTIVES.get(p.gen_objective)
         c.student.train()
         self.generator.train()
-        self.teacher_images = 0  # images through the teacher: the runner records it for equal-cost reading
+        self.teacher_images = 0  # images through the teacher (`count`): the runner records it for equal-cost reading
 
     def state_dict(self):
         return {**super().state_dict(), "teacher_images": self.teacher_images}
@@ -83,6 +83,10 @@ class DFAD(AdversarialMethod):
     name = "dfad"
     Params = DFADParams
 
+    @property
+    def graphable(self) -> bool:  # a float lr is captured with the step: recapturing every iteration gains nothing
+        return self.p.schedule != "cosine"
+
     def step(self, it):
         c, S, T, G = self.ctx, self.ctx.student, self.ctx.teacher, self.generator
         for _ in range(self.p.k):
@@ -100,8 +104,10 @@ class DFAD(AdversarialMethod):
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.opt_G.step()
-        self.teacher_images += (self.p.k + 1) * self.p.batch_size
         return {"loss_S": loss_S.detach(), "loss_G": loss_G.detach()}
+
+    def count(self):
+        self.teacher_images += (self.p.k + 1) * self.p.batch_size
 
     def generator_loss(self, x):
         """The generator's loss on x = G(z); a subclass adds its prior here (DFQ-style: BN statistics)."""

@@ -57,8 +57,10 @@ class Random(AdversarialMethod):
             self.opt_S.zero_grad(set_to_none=True)
             loss_S.backward()
             self.opt_S.step()
-        self.teacher_images += self.p.k * self.p.batch_size
         return {"loss_S": loss_S.detach()}
+
+    def count(self):
+        self.teacher_images += self.p.k * self.p.batch_size
 
     @torch.no_grad()
     def sample(self, n):

@@ -109,7 +109,6 @@ class ZSKT(AdversarialMethod):
         with torch.no_grad(), c.autocast():
             x = c.prepare(G(z))
             t_logits, t_feats = T(x, return_features=True)
-        self.teacher_images += 2 * p.batch_size
 
         for _ in range(p.n_s):
             with c.autocast():
@@ -124,3 +123,6 @@ class ZSKT(AdversarialMethod):
             self.opt_S.step()
         return {"loss_S": loss_S.detach(), "loss_G": loss_G.detach(), "loss_kl": loss_kl.detach(),
                 "loss_at": loss_at.detach()}
+
+    def count(self):
+        self.teacher_images += 2 * self.p.batch_size

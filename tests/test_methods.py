@@ -86,6 +86,7 @@ def test_dafl_updates_generator_and_student_every_iteration(precision):
     for i in range(2):
         g0, s0 = weights(m.generator), weights(m.ctx.student)
         losses = m.step(i)
+        m.count()  # the loop's host-side bookkeeping after each step
         assert changed(g0, m.generator) and changed(s0, m.ctx.student)
         assert all(torch.isfinite(v) for v in losses.values())
     assert m.teacher_images == 32

@@ -1,5 +1,6 @@
 """Nothing lost: a SIGKILLed run resumes from its checkpoint, Ctrl-C checkpoints and exits 130,
 two processes on one suite run each run once."""
+import csv
 import json
 import os
 import signal
@@ -56,6 +57,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, mnist_data):
     assert s["status"] == "done" and s["iterations"] == 160 and s["resumed_from"] == killed_at
     iters = [int(line.split(",")[0]) for line in (rd / "metrics.csv").read_text().splitlines()[1:]]
     assert iters == list(range(10, 161, 10))  # the history continues from the checkpoint, no gap, no repeat
+    # the time per iteration covers both sessions: the checkpoint carried the first one's training time
+    rows = list(csv.DictReader((rd / "metrics.csv").open()))
+    before = float(next(r for r in rows if int(r["iteration"]) == killed_at)["train_time_s"])
+    assert s["train_time_s"] > before > 0
+    assert s["s_per_iter"] == pytest.approx(s["train_time_s"] / 160, abs=1e-4)
 
     # an uninterrupted run with the same teacher ends with the same student, bit for bit
     teacher = next((a / "teachers").glob("*/teacher.pt"))
