@@ -7,6 +7,9 @@
   python benchmarks/profile_step.py fusion cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the generator's fused upsample+conv on and off, alternating in one process
       (median s/iteration of each, and of the generator's forward and forward+backward alone)
+  python benchmarks/profile_step.py transposed mnist --profile paper [--repeats 5]
+      default-path iterations with the no-grad generator calls' upsample+conv as one transposed convolution
+      and as the phase convolution + interleave, alternating in one process (and the generator's forward alone)
   python benchmarks/profile_step.py fold cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the frozen teacher's BatchNorm folded into its convs and not (swapped into
       the same method), and the teacher's forward and forward+backward-to-input alone
@@ -125,6 +128,22 @@ def fusion(m, repeats: int = 5) -> None:
     alternate(m, lambda on: setattr(g, "fused_upsample", on), [fwd, fwd_bwd], ("fused", "unfused"), repeats)
 
 
+def transposed(m, repeats: int = 5) -> None:
+    """The forward-only transposed-convolution path of the fused upsample+conv (harness/upconv.py) against
+    the phase convolution it replaces where no backward runs (imitation steps' generator calls)."""
+    from harness import upconv
+
+    c, g, taken = m.ctx, m.generator, upconv.forward_only
+    z = torch.randn(m.p.batch_size, m.p.nz, device=c.device)
+
+    def fwd():
+        with torch.no_grad(), c.autocast():
+            g(z)
+
+    alternate(m, lambda on: setattr(upconv, "forward_only", taken if on else (lambda x, conv: False)), [fwd],
+              ("transposed", "phase"), repeats)
+
+
 def fold(m, unfolded, repeats: int = 5) -> None:
     """The teacher with its BatchNorm folded into its convs (the default path) against the same teacher
     unfolded, swapped into the same method; also the teacher's forward alone, and its forward+backward to
@@ -163,7 +182,7 @@ def upsample(reps: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["step", "generator", "fusion", "fold", "upsample"])
+    ap.add_argument("what", choices=["step", "generator", "fusion", "transposed", "fold", "upsample"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--profile", default="paper")
@@ -176,6 +195,8 @@ def main() -> None:
     m, teacher = default_method(_load(a.suite, a.profile, a.overrides, announce=False), a.method)
     if a.what == "fusion":
         return fusion(m, a.repeats)
+    if a.what == "transposed":
+        return transposed(m, a.repeats)
     if a.what == "fold":
         return fold(m, teacher, a.repeats)
     step(m, a.rows) if a.what == "step" else generator(m)

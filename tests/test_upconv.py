@@ -36,6 +36,26 @@ def test_upsample_conv_matches_interpolate_then_conv(shape, cout, bias, channels
     assert shape[2] * shape[3] == 1 or y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape,cout,bias", [((2, 5, 4, 4), 3, True), ((3, 4, 5, 7), 6, False), ((1, 2, 1, 1), 2, True)])
+def test_forward_only_path_is_the_same_function(shape, cout, bias, channels_last):
+    """Without a backward to serve, a CPU call takes the transposed-convolution path: same output, same layout."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], cout, 3, 1, 1, bias=bias).double()
+    x = torch.randn(*shape, dtype=torch.double)
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    conv, x = conv.to(memory_format=mf), x.contiguous(memory_format=mf)
+    with torch.no_grad():
+        y_ref = conv(F.interpolate(x, scale_factor=2))
+        with FlopCounterMode(display=False) as fc:
+            y = upsample_conv(x, conv)
+    torch.testing.assert_close(y, y_ref)
+    assert "aten.convolution" in {str(k) for k in fc.get_flop_counts()["Global"]}
+    assert shape[2] * shape[3] == 1 or y.is_contiguous(memory_format=mf)
+    # the path taken: one transposed convolution (16 taps per input pixel, no padded border)
+    assert fc.get_total_flops() == 2 * shape[0] * shape[1] * cout * 16 * shape[2] * shape[3]
+
+
 def test_fusable_only_for_3x3_stride1_pad1():
     assert fusable(torch.nn.Conv2d(4, 4, 3, 1, 1))
     assert not fusable(torch.nn.Conv2d(4, 4, 3, 2, 1))
