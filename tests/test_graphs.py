@@ -3,7 +3,8 @@
 No GPU here, so the capture itself is tested with a CPU stand-in that has CUDA graphs' semantics (capture
 runs the step's Python but changes no tensor; replay reruns the recorded work and rewrites the captured
 outputs in place). That checks the wrapper's logic: warm-up, when it recaptures, the host-side counters,
-what it falls back on. The real capture is checked by the CUDA test at the end, where a GPU is present.
+what it falls back on. What a capture forbids, a read of a value on the host, is checked by running the graphable
+steps on PyTorch's meta device. The real capture is checked by the CUDA test at the end, where a GPU is present.
 """
 import copy
 
@@ -181,6 +182,41 @@ def test_cuda_graph_config_and_device_errors():
     teacher, student = nets()
     with pytest.raises(HarnessError, match="needs a CUDA device"):
         build_context(teacher, student, (1, 32, 32), 10, 0, 4, "cpu", "fp32", "off", cuda_graph=True)
+
+
+def on_meta(method):
+    """The method built on PyTorch's meta device: tensors with shapes and no values, so anything that reads a
+    value on the host (`.item()`, a tensor in an `if`, a data-dependent shape) raises, as it breaks a capture."""
+    torch.manual_seed(0)
+    teacher, student = nets()
+    ctx = build_context(teacher, student, (1, 32, 32), 10, 0, 10, torch.device("meta"), "fp32", "on", dataset="mnist")
+    m = make_method(method, ctx, HP) if isinstance(method, str) else method(ctx, method.Params(**HP))
+    m.setup()
+    return m
+
+
+@pytest.mark.parametrize("method", ["dfad", "dfq"])
+def test_graphable_steps_never_read_a_value_on_the_host(method):
+    m = on_meta(method)
+    assert m.graphable
+    for it in range(2):  # the second call runs with the optimisers' state in place, as captured steps do
+        out = m.step(it)
+    assert out and all(v.device.type == "meta" and v.shape == () for v in out.values())
+
+
+def test_the_meta_check_catches_a_host_sync():
+    from methods.dfad import DFAD
+
+    class Syncs(DFAD):
+        def step(self, it):
+            out = super().step(it)
+            if out["loss_S"] > 1e3:  # a host read: fine eagerly, fatal inside a CUDA graph capture
+                raise AssertionError("unreachable")
+            return out
+
+    m = on_meta(Syncs)
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        m.step(0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
