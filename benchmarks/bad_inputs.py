@@ -126,6 +126,8 @@ CASES = [
     Case("negative learning rate", ["run", "mnist", *SMOKE, *R, "methods.dfad.lr_S=-0.1"]),
     Case("batch size 0", ["run", "mnist", *SMOKE, *R, "methods.dfad.batch_size=0"]),
     Case("iterations 0", ["run", "mnist", *SMOKE, *R, "budget.iterations=0"]),
+    Case("CUDA graph on a CPU device", ["run", "mnist", *SMOKE, *R, "runtime.device=cpu", "runtime.cuda_graph=true"]),
+    Case("CUDA graph and compile together", ["run", "mnist", *SMOKE, *R, "runtime.cuda_graph=true", "runtime.compile=true"]),
     Case("unknown suite", ["run", "mnsit", *SMOKE, *R]),
     Case("unknown method (--methods)", ["run", "mnist", "--profile", "smoke", "--methods", "dfda", *R]),
     Case("unknown model", ["run", "mnist", *SMOKE, *R, "student.name=lenet5_hlf"]),

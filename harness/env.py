@@ -26,6 +26,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def runtime_device(runtime) -> torch.device:
+    """The suite's device, checked against its CUDA-only switches before any run starts."""
+    dev = resolve_device(runtime.device)
+    if getattr(runtime, "cuda_graph", False) and dev.type != "cuda":
+        raise HarnessError(f"runtime.cuda_graph=true needs a CUDA device, and this suite's device is {dev}")
+    return dev
+
+
 @functools.lru_cache
 def cpu_flags() -> set[str]:
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import env
-from .api import build_context, make_method
+from .api import build_context, make_method, runtime_switches
 from .config import Suite, config_hash
 from .data import get_dataset
 from .errors import HarnessError, MissingDataError, NotApplicableError
@@ -156,10 +156,8 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         student = build_student(suite)
         macs = count_macs(student, spec.input_shape)
         ctx = build_context(teacher.model, student, spec.input_shape, spec.num_classes, seed,
-                            suite.budget.iterations, device, suite.runtime.precision, suite.runtime.channels_last,
-                            dataset=suite.dataset, compile=suite.runtime.compile,
-                            fast=suite.runtime.frozen_teacher, fused_upsample=suite.runtime.fused_upsample,
-                            fold_teacher_bn=suite.runtime.fold_teacher_bn, cuda_graph=suite.runtime.cuda_graph)
+                            suite.budget.iterations, device, dataset=suite.dataset,
+                            **runtime_switches(suite.runtime))
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
@@ -239,7 +237,7 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     check_finished_runs(suite, store, force)
     env.set_threads(suite.runtime.threads)
     env.set_determinism(suite.runtime.deterministic)
-    device = env.resolve_device(suite.runtime.device)
+    device = env.runtime_device(suite.runtime)
     runs = planned_runs(suite)
     progress = progress or SuiteProgress(len(runs))
     outcome = SuiteOutcome()

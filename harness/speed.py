@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import env
-from .api import build_context, make_method
+from .api import build_context, make_method, runtime_switches
 from .config import Suite
 from .data import get_dataset
 from .graphs import stepper
@@ -31,12 +31,8 @@ def _sync(device):
 def build(suite: Suite, method: str, fast: bool, device, teacher, iters: int):
     spec = get_dataset(suite.dataset)
     torch.manual_seed(0)
-    rt = suite.runtime
     ctx = build_context(teacher, build_student(suite), spec.input_shape, spec.num_classes, 0, iters + 10, device,
-                        rt.precision if fast else "fp32", rt.channels_last if fast else "off",
-                        dataset=suite.dataset, fast=fast and rt.frozen_teacher, compile=rt.compile and fast,
-                        fused_upsample=fast and rt.fused_upsample, fold_teacher_bn=fast and rt.fold_teacher_bn,
-                        cuda_graph=fast and rt.cuda_graph)
+                        dataset=suite.dataset, **runtime_switches(suite.runtime, plain=not fast))
     m = make_method(suite.run_config(method, 0).get("method_class", method), ctx, suite.run_config(method, 0)["params"])
     m.setup()
     return m
@@ -110,7 +106,7 @@ def conv_peak(device, dtype, channels_last: bool, n: int | None = None, c: int =
 
 def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
     env.set_threads(suite.runtime.threads)
-    device = env.resolve_device(suite.runtime.device)
+    device = env.runtime_device(suite.runtime)
     spec = get_dataset(suite.dataset)
     # weights do not change the cost: random teachers spare the training
     teacher = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)

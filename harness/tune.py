@@ -91,7 +91,7 @@ def suggest(trial, space: dict) -> dict:
 def run_trial(trial, suite, method: str, teacher, fit, val, device, runs_dir: Path, study: str) -> float:
     import optuna
 
-    from .api import build_context, make_method
+    from .api import build_context, make_method, runtime_switches
     from .config import config_hash, method_of
     from .data import get_dataset
     from .loop import run_loop
@@ -107,11 +107,10 @@ def run_trial(trial, suite, method: str, teacher, fit, val, device, runs_dir: Pa
     best, status = 0.0, "failed"
     try:
         torch_seed(seed)
-        rt = suite.runtime
         # data-driven methods train on `fit` only, so the validation images stay unseen by the student
         ctx = build_context(teacher.model, build_student(suite), spec.input_shape, spec.num_classes, seed,
-                            suite.budget.iterations, device, rt.precision, rt.channels_last, dataset=suite.dataset,
-                            train_set=fit)
+                            suite.budget.iterations, device, dataset=suite.dataset, train_set=fit,
+                            **runtime_switches(suite.runtime))
         m = make_method(method_of(method, suite.methods.get(method)), ctx, params)
         m.setup()
 
@@ -153,7 +152,7 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
 
     suite = Suite.model_validate(suite_dump)
     env.set_threads(threads)
-    device = env.resolve_device(suite.runtime.device)
+    device = env.runtime_device(suite.runtime)
     teacher = ensure_teacher(suite, Path(runs_dir), device, log=lambda *_: None)
     fit, val = split_train(get_dataset(suite.dataset))
     # constant_liar: parallel workers do not all pile onto the point a running trial already explores
@@ -187,7 +186,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     st.set_user_attr("objective", f"best student accuracy on the last {VAL_FRACTION:.0%} of "
                                   f"{suite.dataset}'s training set")
     env.set_threads(suite.runtime.threads)
-    ensure_teacher(suite, runs_dir, env.resolve_device(suite.runtime.device), log)  # once, before workers race on it
+    ensure_teacher(suite, runs_dir, env.runtime_device(suite.runtime), log)  # once, before workers race on it
     jobs = min(jobs, trials)
     threads = max(1, (suite.runtime.threads or os.cpu_count() or 1) // jobs)
     shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]

@@ -17,7 +17,8 @@ SUBSET = {  # case -> what its one error line must name
     "unknown dataset": "did you mean 'mnist'", "bad --seeds list": "--seeds",
     "missing split (MNIST train only)": "test split", "checkpoint of another class count": "fc2.weight",
     "checkpoint with pickled code (torch zip)": "pickled code", "unwritable runs dir (under a file)": "not writable",
-    "full disk during a checkpoint (64 KiB tmpfs)": "No space left on device"}
+    "full disk during a checkpoint (64 KiB tmpfs)": "No space left on device",
+    "CUDA graph on a CPU device": "runtime.cuda_graph=true needs a CUDA device"}
 
 
 @pytest.fixture(scope="module")
