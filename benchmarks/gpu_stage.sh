@@ -7,7 +7,10 @@
 set -eu
 TOTAL=${1:-545}
 PY=${PYTHON:-python3}
-ARCHIVE=${CIFAR_ARCHIVE:-../shared/data/cifar10-jpg.tar.gz}
+# the archive: CIFAR_ARCHIVE, else the shared data folder beside the checkout (as the Makefile looks for it)
+SHARED=${SHARED_DATA:-$(for d in ../shared/data /work/shared/data; do [ -d "$d" ] && echo "$d" && break; done)}
+ARCHIVE=${CIFAR_ARCHIVE:-${SHARED:-../shared/data}/cifar10-jpg.tar.gz}
+[ -f "$ARCHIVE" ] || { echo "error: no CIFAR-10 archive at $ARCHIVE (set CIFAR_ARCHIVE)" >&2; exit 2; }
 mkdir -p .whl .gpu
 for p in /.whl/ /.gpu/; do grep -qxF "$p" .git/info/exclude 2>/dev/null || echo "$p" >> .git/info/exclude; done
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

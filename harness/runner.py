@@ -232,12 +232,12 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
 
 def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
               progress: SuiteProgress | None = None, callbacks: list[RunCallback] = ()) -> SuiteOutcome:
+    device = env.runtime_device(suite.runtime)  # a setting this machine cannot honour fails before anything is made
     store = Store(runs_dir, suite.name)
     store.ensure_writable()
     check_finished_runs(suite, store, force)
     env.set_threads(suite.runtime.threads)
     env.set_determinism(suite.runtime.deterministic)
-    device = env.runtime_device(suite.runtime)
     runs = planned_runs(suite)
     progress = progress or SuiteProgress(len(runs))
     outcome = SuiteOutcome()
