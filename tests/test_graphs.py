@@ -225,7 +225,7 @@ def test_real_cuda_graph_trains_like_eager_steps():
     results = {}
     for graphed in (False, True):
         torch.manual_seed(0)
-        teacher, student = build_model("lenet5", in_channels=1), build_model("lenet5_half", in_channels=1)
+        teacher, student = nets()
         ctx = build_context(teacher, student, (1, 32, 32), 10, 0, 20, "cuda", "bf16", "on", dataset="mnist",
                             cuda_graph=graphed)
         m = make_method("dfad", ctx, HP)
@@ -233,6 +233,8 @@ def test_real_cuda_graph_trains_like_eager_steps():
         step = GraphedStep(m) if graphed else m.step
         losses = [step(i)["loss_S"].clone() for i in range(20)]
         torch.cuda.synchronize()
+        if graphed:  # it really captured: no fallback to eager steps
+            assert step.status == {"mode": "graph", "captures": 1, "replays": 17, "warmup": 3}, step.status
         results[graphed] = (torch.stack(losses).float(), m)
     (g, gm), (e, em) = results[True], results[False]
     assert torch.isfinite(g).all() and torch.isfinite(e).all()
