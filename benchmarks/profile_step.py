@@ -10,6 +10,9 @@
   python benchmarks/profile_step.py transposed mnist --profile paper [--repeats 5]
       default-path iterations with the no-grad generator calls' upsample+conv as one transposed convolution
       and as the phase convolution + interleave, alternating in one process (and the generator's forward alone)
+  python benchmarks/profile_step.py allocator mnist --profile paper [--repeats 5]
+      default-path iterations with runtime.keep_freed_memory's allocator setting and with glibc's default,
+      toggled in one process (and the generator's forward+backward alone)
   python benchmarks/profile_step.py fold cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the frozen teacher's BatchNorm folded into its convs and not (swapped into
       the same method), and the teacher's forward and forward+backward-to-input alone
@@ -144,6 +147,25 @@ def transposed(m, repeats: int = 5) -> None:
               ("transposed", "phase"), repeats)
 
 
+def allocator(m, repeats: int = 5) -> None:
+    """runtime.keep_freed_memory (glibc keeps freed blocks on its heap) against glibc's default (blocks over
+    32 MB mmapped, unmapped on free and page-faulted in again), toggled between timings in one process; also
+    the generator's forward+backward alone."""
+    from harness import env
+
+    c, g = m.ctx, m.generator
+    z = torch.randn(m.p.batch_size, m.p.nz, device=c.device)
+
+    def gen_fwd_bwd():
+        with c.autocast():
+            y = g(z)
+        y.float().abs().mean().backward()
+
+    if not env.set_allocator(True):
+        raise SystemExit("not glibc: nothing to compare")
+    alternate(m, env.set_allocator, [gen_fwd_bwd], ("kept", "unmapped"), repeats)
+
+
 def fold(m, unfolded, repeats: int = 5) -> None:
     """The teacher with its BatchNorm folded into its convs (the default path) against the same teacher
     unfolded, swapped into the same method; also the teacher's forward alone, and its forward+backward to
@@ -182,7 +204,7 @@ def upsample(reps: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["step", "generator", "fusion", "transposed", "fold", "upsample"])
+    ap.add_argument("what", choices=["step", "generator", "fusion", "transposed", "allocator", "fold", "upsample"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--profile", default="paper")
@@ -197,6 +219,8 @@ def main() -> None:
         return fusion(m, a.repeats)
     if a.what == "transposed":
         return transposed(m, a.repeats)
+    if a.what == "allocator":
+        return allocator(m, a.repeats)
     if a.what == "fold":
         return fold(m, teacher, a.repeats)
     step(m, a.rows) if a.what == "step" else generator(m)

@@ -199,7 +199,7 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
     from .teacher import ensure_teacher
 
     s = _load(suite, profile, overrides)
-    env.set_threads(s.runtime.threads)
+    env.apply_runtime(s.runtime)
     t = ensure_teacher(s, runs_dir, env.resolve_device(s.runtime.device))
     typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test acc {t.acc:.4f} ({t.source}, {t.path})")
 

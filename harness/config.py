@@ -94,6 +94,9 @@ class RuntimeCfg(Strict):
     # replay it, one launch instead of thousands (harness/graphs.py); other methods run eagerly. Off by default
     # until measured on a GPU.
     cuda_graph: bool = False
+    # CPU, glibc: large blocks come from the heap and freed memory is kept for the next iteration, instead of
+    # being unmapped and page-faulted in again at every allocation (env.set_allocator); process-wide
+    keep_freed_memory: bool = True
 
     @model_validator(mode="after")
     def _one_launcher(self):

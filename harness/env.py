@@ -1,6 +1,7 @@
 """Where a run happens: device, precision, threads, machine name, versions and git commit."""
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
@@ -105,6 +106,38 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
     elif os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(os.cpu_count() or 1)
+
+
+# glibc's mallopt parameters, and its defaults for them
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+MMAP_MAX_DEFAULT, TRIM_THRESHOLD_DEFAULT = 65536, 128 * 1024
+
+
+@functools.lru_cache
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") else None
+    except OSError:  # not glibc (macOS, musl): nothing to set
+        return None
+
+
+def set_allocator(keep_freed_memory: bool) -> bool:
+    """glibc serves blocks over 32 MB with mmap and unmaps them on free, so every large activation of every
+    iteration is page-faulted in afresh. keep_freed_memory=True: all blocks come from the heap and freed memory
+    stays there for the next iteration (RSS stays at its peak). False: glibc's defaults. Process-wide; returns
+    whether it could be set."""
+    libc = _libc()
+    if libc is None:
+        return False
+    mmap_max, trim = (0, 2**31 - 1) if keep_freed_memory else (MMAP_MAX_DEFAULT, TRIM_THRESHOLD_DEFAULT)
+    return bool(libc.mallopt(M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim))
+
+
+def apply_runtime(runtime, threads: int | None = None) -> None:
+    """The process-wide part of a suite's `runtime:` (threads, the CPU allocator)."""
+    set_threads(threads or runtime.threads)
+    set_allocator(runtime.keep_freed_memory)
 
 
 def set_determinism(on: bool) -> None:

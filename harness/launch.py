@@ -22,7 +22,7 @@ def _teacher_job(suite_dump: dict, runs_dir: str) -> float:
     from .teacher import ensure_teacher
 
     suite = Suite.model_validate(suite_dump)
-    env.set_threads(suite.runtime.threads)
+    env.apply_runtime(suite.runtime)
     return ensure_teacher(suite, Path(runs_dir), env.resolve_device(suite.runtime.device)).acc
 
 

@@ -236,7 +236,7 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     store = Store(runs_dir, suite.name)
     store.ensure_writable()
     check_finished_runs(suite, store, force)
-    env.set_threads(suite.runtime.threads)
+    env.apply_runtime(suite.runtime)
     env.set_determinism(suite.runtime.deterministic)
     runs = planned_runs(suite)
     progress = progress or SuiteProgress(len(runs))

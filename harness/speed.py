@@ -105,7 +105,7 @@ def conv_peak(device, dtype, channels_last: bool, n: int | None = None, c: int =
 
 
 def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
-    env.set_threads(suite.runtime.threads)
+    env.apply_runtime(suite.runtime)
     device = env.runtime_device(suite.runtime)
     spec = get_dataset(suite.dataset)
     # weights do not change the cost: random teachers spare the training
@@ -117,24 +117,30 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
                  "batch_size": getattr(paths["default"].p, "batch_size", None), "git_commit": env.git_commit()}
     steps = {name: stepper(m, m.ctx.cuda_graph) for name, m in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in paths}
-    # cudnn.benchmark is process-wide: on for the default path (unless the suite asks for determinism),
-    # off for the plain one, switched before each of its steps
+    # cudnn.benchmark and the CPU allocator setting are process-wide: the default path's (cudnn.benchmark on
+    # unless the suite asks for determinism) and the plain one's (both off), switched before each of its steps
     benchmark = {"default": not suite.runtime.deterministic, "plain": False}
+    keep = {"default": suite.runtime.keep_freed_memory, "plain": False}
     cudnn = torch.backends.cudnn
-    for name, m in paths.items():
+
+    def switch(name):
         cudnn.benchmark = benchmark[name]
+        return env.set_allocator(keep[name])
+
+    for name, m in paths.items():
+        switch(name)
         # a graphed path warms up past its capture, so no timed repeat pays for it
         time_steps(m, steps[name], max(warmup, getattr(steps[name], "warmup", -1) + 1))
     for _ in range(repeats):  # alternate, so drifts of the machine hit both paths alike
         for name, m in paths.items():
-            cudnn.benchmark = benchmark[name]
+            switch(name)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times[name].append(time_steps(m, steps[name], iters))
             if device.type == "cuda":
                 out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name, m in paths.items():
-        cudnn.benchmark = benchmark[name]
+        allocator_set = switch(name)
         s = statistics.median(times[name])
         flops = flops_per_iter(m)
         nominal = flops_per_iter(m, nominal=True) if fused_generators(m) else flops  # one more step only if it differs
@@ -153,6 +159,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
             "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast, "fused_upsample": m.ctx.fused_upsample,
             "teacher_bn_folded": m.ctx.teacher_bn_folded,
             "cuda_graph": getattr(steps[name], "status", None),
+            "keep_freed_memory": keep[name] and allocator_set,
             # the suite's whole schedule at this speed, evaluations not counted
             "projected_schedule_s": round(s * suite.budget.iterations, 1),
         })

@@ -151,7 +151,7 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
     from .teacher import ensure_teacher
 
     suite = Suite.model_validate(suite_dump)
-    env.set_threads(threads)
+    env.apply_runtime(suite.runtime, threads)
     device = env.runtime_device(suite.runtime)
     teacher = ensure_teacher(suite, Path(runs_dir), device, log=lambda *_: None)
     fit, val = split_train(get_dataset(suite.dataset))
@@ -185,7 +185,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
                              load_if_exists=True)
     st.set_user_attr("objective", f"best student accuracy on the last {VAL_FRACTION:.0%} of "
                                   f"{suite.dataset}'s training set")
-    env.set_threads(suite.runtime.threads)
+    env.apply_runtime(suite.runtime)
     ensure_teacher(suite, runs_dir, env.runtime_device(suite.runtime), log)  # once, before workers race on it
     jobs = min(jobs, trials)
     threads = max(1, (suite.runtime.threads or os.cpu_count() or 1) // jobs)

@@ -60,6 +60,35 @@ def test_speed_command_prints_one_json_object():
     assert out["schedule_iterations"] == n
     for path in ("default", "plain"):
         assert out[path]["projected_schedule_s"] == pytest.approx(n * out[path]["s_per_iter"], abs=0.1)
+    # the allocator setting is the default path's only (where glibc lets it be set)
+    from harness import env
+
+    assert out["default"]["keep_freed_memory"] is (env._libc() is not None) and out["plain"]["keep_freed_memory"] is False
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_keep_freed_memory_keeps_large_blocks_for_reuse():
+    """Kept: a freed 256 MB tensor stays in the process for the next one (no fresh page faults); glibc's default
+    unmaps it at once."""
+    from harness import env
+
+    if env._libc() is None or not os.path.exists("/proc/self/statm"):
+        pytest.skip("not glibc on Linux")
+    try:
+        dropped = {}
+        for keep in (False, True):
+            assert env.set_allocator(keep)
+            x = torch.ones(64 * 2**20)  # 256 MB, written, so resident
+            before = _rss_mb()
+            del x
+            dropped[keep] = before - _rss_mb()
+        assert dropped[False] > 200 and dropped[True] < 50, dropped
+    finally:
+        env.set_allocator(False)
 
 
 def test_conv_peak_counts_flops_of_the_conv():
