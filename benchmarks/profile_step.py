@@ -10,9 +10,9 @@
   python benchmarks/profile_step.py transposed mnist --profile paper [--repeats 5]
       default-path iterations with the no-grad generator calls' upsample+conv as one transposed convolution
       and as the phase convolution + interleave, alternating in one process (and the generator's forward alone)
-  python benchmarks/profile_step.py allocator mnist --profile paper [--repeats 5]
-      default-path iterations with runtime.keep_freed_memory's allocator setting and with glibc's default,
-      toggled in one process (and the generator's forward+backward alone)
+  python benchmarks/profile_step.py allocator mnist --profile paper [--repeats 3]
+      default-path iterations with runtime.keep_freed_memory on and off: a process per timing (the setting is
+      the process's), alternating on/off
   python benchmarks/profile_step.py fold cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the frozen teacher's BatchNorm folded into its convs and not (swapped into
       the same method), and the teacher's forward and forward+backward-to-input alone
@@ -147,23 +147,34 @@ def transposed(m, repeats: int = 5) -> None:
               ("transposed", "phase"), repeats)
 
 
-def allocator(m, repeats: int = 5) -> None:
-    """runtime.keep_freed_memory (glibc keeps freed blocks on its heap) against glibc's default (blocks over
-    32 MB mmapped, unmapped on free and page-faulted in again), toggled between timings in one process; also
-    the generator's forward+backward alone."""
-    from harness import env
+def allocator(argv: list[str], repeats: int = 3, iters: int = 3) -> None:
+    """runtime.keep_freed_memory on and off. The setting belongs to a process, set once at its start, so each
+    timing is its own process (`_iterations` below), alternating on/off: median s/iteration of `iters` default-path
+    iterations after one warm-up, `repeats` processes per setting."""
+    import statistics
+    import subprocess
+    import sys
 
-    c, g = m.ctx, m.generator
-    z = torch.randn(m.p.batch_size, m.p.nz, device=c.device)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeats):
+        for keep in (True, False):
+            r = subprocess.run([sys.executable, __file__, "_iterations", *argv[:1], f"runtime.keep_freed_memory={keep}",
+                                *argv[1:], "--repeats", str(iters)], capture_output=True, text=True, check=True)
+            times[keep].append(float(r.stdout.split()[-1]))
+    on, off = (statistics.median(times[k]) for k in (True, False))
+    print(f"iteration: kept {on * 1000:.0f} ms, glibc default {off * 1000:.0f} ms, ratio {off / on:.2f}x (median of "
+          f"{repeats} processes each; kept {[round(t * 1000) for t in times[True]]}, "
+          f"default {[round(t * 1000) for t in times[False]]})", flush=True)
 
-    def gen_fwd_bwd():
-        with c.autocast():
-            y = g(z)
-        y.float().abs().mean().backward()
 
-    if not env.set_allocator(True):
-        raise SystemExit("not glibc: nothing to compare")
-    alternate(m, env.set_allocator, [gen_fwd_bwd], ("kept", "unmapped"), repeats)
+def iterations(m, n: int) -> None:
+    """One process's timing for `allocator` (the suite's runtime applied before the models were built):
+    1 warm-up iteration, then n."""
+    m.step(0)
+    t0 = time.perf_counter()
+    for i in range(n):
+        m.step(i + 1)
+    print(f"s_per_iter {(time.perf_counter() - t0) / n}")
 
 
 def fold(m, unfolded, repeats: int = 5) -> None:
@@ -204,7 +215,8 @@ def upsample(reps: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["step", "generator", "fusion", "transposed", "allocator", "fold", "upsample"])
+    ap.add_argument("what", choices=["step", "generator", "fusion", "transposed", "allocator", "_iterations", "fold",
+                                     "upsample"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--profile", default="paper")
@@ -214,13 +226,20 @@ def main() -> None:
     a = ap.parse_args()
     if a.what == "upsample":
         return upsample()
-    m, teacher = default_method(_load(a.suite, a.profile, a.overrides, announce=False), a.method)
+    if a.what == "allocator":
+        return allocator([a.suite, *a.overrides, "--profile", a.profile, "--method", a.method], a.repeats)
+    suite = _load(a.suite, a.profile, a.overrides, announce=False)
+    if a.what == "_iterations":  # the allocator setting first: it applies to what is allocated after it
+        from harness import env
+
+        env.apply_runtime(suite.runtime)
+    m, teacher = default_method(suite, a.method)
     if a.what == "fusion":
         return fusion(m, a.repeats)
     if a.what == "transposed":
         return transposed(m, a.repeats)
-    if a.what == "allocator":
-        return allocator(m, a.repeats)
+    if a.what == "_iterations":
+        return iterations(m, a.repeats)
     if a.what == "fold":
         return fold(m, teacher, a.repeats)
     step(m, a.rows) if a.what == "step" else generator(m)

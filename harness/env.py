@@ -125,8 +125,8 @@ def _libc():
 def set_allocator(keep_freed_memory: bool) -> bool:
     """glibc serves blocks over 32 MB with mmap and unmaps them on free, so every large activation of every
     iteration is page-faulted in afresh. keep_freed_memory=True: all blocks come from the heap and freed memory
-    stays there for the next iteration (RSS stays at its peak). False: glibc's defaults. Process-wide; returns
-    whether it could be set."""
+    stays there for the next iteration (RSS stays at its peak). False: glibc's defaults. Process-wide, and
+    meant to be set once, at the start; returns whether it could be set."""
     libc = _libc()
     if libc is None:
         return False

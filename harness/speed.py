@@ -117,15 +117,14 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
                  "batch_size": getattr(paths["default"].p, "batch_size", None), "git_commit": env.git_commit()}
     steps = {name: stepper(m, m.ctx.cuda_graph) for name, m in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in paths}
-    # cudnn.benchmark and the CPU allocator setting are process-wide: the default path's (cudnn.benchmark on
-    # unless the suite asks for determinism) and the plain one's (both off), switched before each of its steps
+    # cudnn.benchmark is process-wide: on for the default path (unless the suite asks for determinism), off
+    # for the plain one, switched before each of its steps. The CPU allocator setting (apply_runtime above)
+    # is the process's environment, like its threads: both paths run with it, and the JSON records it.
     benchmark = {"default": not suite.runtime.deterministic, "plain": False}
-    keep = {"default": suite.runtime.keep_freed_memory, "plain": False}
     cudnn = torch.backends.cudnn
 
     def switch(name):
         cudnn.benchmark = benchmark[name]
-        return env.set_allocator(keep[name])
 
     for name, m in paths.items():
         switch(name)
@@ -140,7 +139,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
             if device.type == "cuda":
                 out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name, m in paths.items():
-        allocator_set = switch(name)
+        switch(name)
         s = statistics.median(times[name])
         flops = flops_per_iter(m)
         nominal = flops_per_iter(m, nominal=True) if fused_generators(m) else flops  # one more step only if it differs
@@ -159,13 +158,13 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
             "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast, "fused_upsample": m.ctx.fused_upsample,
             "teacher_bn_folded": m.ctx.teacher_bn_folded,
             "cuda_graph": getattr(steps[name], "status", None),
-            "keep_freed_memory": keep[name] and allocator_set,
             # the suite's whole schedule at this speed, evaluations not counted
             "projected_schedule_s": round(s * suite.budget.iterations, 1),
         })
         if device.type == "cuda":
             out[name]["cudnn_benchmark"] = benchmark[name]
     out["schedule_iterations"] = suite.budget.iterations
+    out["keep_freed_memory"] = suite.runtime.keep_freed_memory and env._libc() is not None
     if device.type == "cuda":  # PyTorch's defaults, unchanged by the harness: fp32 convolutions may use TF32
         out["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": cudnn.allow_tf32}
     out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
