@@ -186,6 +186,8 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
 
 def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print) -> Teacher:
     spec = get_dataset(suite.dataset)
+    # the initial weights come from the recipe's seed too: PyTorch seeds every new process at random
+    torch.manual_seed(suite.teacher.recipe.seed)
     model = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
     suite_record = Path(runs_dir) / suite.name / "teacher" / "summary.json"
     if suite.teacher.checkpoint:

@@ -151,3 +151,19 @@ def test_checkpoints_at_evaluations_at_most_as_often_as_asked(tmp_path, every_s)
              on_eval=lambda row: seen.append((row["iteration"], torch.load(path, weights_only=True)["iteration"])))
     expect = [(10, 10), (20, 20), (30, 30), (40, 40)] if every_s == 0 else [(10, 10), (20, 10), (30, 10), (40, 40)]
     assert seen == expect
+
+
+def test_allocator_setting_changes_no_result(tmp_path, mnist_data):
+    """runtime.keep_freed_memory only changes where memory comes from: the same run ends with the same student, bit
+    for bit, with it on and off. Batch 256 and ngf 64 give the generator activations over glibc's 32 MB mmap
+    threshold, so the setting matters here (fresh zeroed pages off, reused heap memory on)."""
+    env = {"DFAD_DATA": str(mnist_data)}
+    extra = ("--profile", "smoke", "budget.iterations=4", "budget.eval_every=2", "methods.dfad.batch_size=256",
+             "methods.dfad.ngf=64")
+    for keep in ("true", "false"):
+        p = start(tmp_path / keep, *extra, f"runtime.keep_freed_memory={keep}", env=env)
+        out = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, out
+    on, off = student_of(tmp_path / "true"), student_of(tmp_path / "false")
+    for k, v in on.items():
+        assert torch.equal(v, off[k]), k
