@@ -75,8 +75,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
     and the imitation steps build its graph, as the official loop does.
     """
     dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
-    if cuda_graph and dev.type != "cuda":
-        raise HarnessError(f"runtime.cuda_graph needs a CUDA device, and this run's device is {dev}")
+    env.check_cuda_graph(cuda_graph, dev)
     torch.manual_seed(seed)
     teacher = teacher.to(dev).eval()
     for p in teacher.parameters():

@@ -27,11 +27,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def check_cuda_graph(cuda_graph: bool, dev: torch.device) -> None:
+    if cuda_graph and dev.type != "cuda":
+        raise HarnessError(f"runtime.cuda_graph=true needs a CUDA device, and this run's device is {dev}")
+
+
 def runtime_device(runtime) -> torch.device:
     """The suite's device, checked against its CUDA-only switches before any run starts."""
     dev = resolve_device(runtime.device)
-    if getattr(runtime, "cuda_graph", False) and dev.type != "cuda":
-        raise HarnessError(f"runtime.cuda_graph=true needs a CUDA device, and this suite's device is {dev}")
+    check_cuda_graph(runtime.cuda_graph, dev)
     return dev
 
 
@@ -84,12 +88,12 @@ def git_commit() -> str:
         return os.environ["DFAD_GIT_COMMIT"]  # carry a stale .git): it wins over what git says there
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip() if out.returncode == 0 else os.environ.get("DFAD_GIT_COMMIT", "unknown")
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty and commit != "unknown" else "")
-    except (OSError, subprocess.SubprocessError):  # no git (a copied tree): the commit named by whoever copied it
-        return os.environ.get("DFAD_GIT_COMMIT", "unknown")
+    except (OSError, subprocess.SubprocessError):  # no git, and DFAD_GIT_COMMIT unset
+        return "unknown"
 
 
 def versions() -> dict[str, str]:

@@ -122,24 +122,20 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     # is the process's environment, like its threads: both paths run with it, and the JSON records it.
     benchmark = {"default": not suite.runtime.deterministic, "plain": False}
     cudnn = torch.backends.cudnn
-
-    def switch(name):
-        cudnn.benchmark = benchmark[name]
-
     for name, m in paths.items():
-        switch(name)
+        cudnn.benchmark = benchmark[name]
         # a graphed path warms up past its capture, so no timed repeat pays for it
         time_steps(m, steps[name], max(warmup, getattr(steps[name], "warmup", -1) + 1))
     for _ in range(repeats):  # alternate, so drifts of the machine hit both paths alike
         for name, m in paths.items():
-            switch(name)
+            cudnn.benchmark = benchmark[name]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times[name].append(time_steps(m, steps[name], iters))
             if device.type == "cuda":
                 out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name, m in paths.items():
-        switch(name)
+        cudnn.benchmark = benchmark[name]
         s = statistics.median(times[name])
         flops = flops_per_iter(m)
         nominal = flops_per_iter(m, nominal=True) if fused_generators(m) else flops  # one more step only if it differs
