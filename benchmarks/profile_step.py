@@ -7,9 +7,6 @@
   python benchmarks/profile_step.py fusion cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the generator's fused upsample+conv on and off, alternating in one process
       (median s/iteration of each, and of the generator's forward and forward+backward alone)
-  python benchmarks/profile_step.py transposed mnist --profile paper [--repeats 5]
-      default-path iterations with the no-grad generator calls' upsample+conv as one transposed convolution
-      and as the phase convolution + interleave, alternating in one process (and the generator's forward alone)
   python benchmarks/profile_step.py allocator mnist --profile paper [--repeats 3]
       default-path iterations with runtime.keep_freed_memory on and off: a process per timing (the setting is
       the process's), alternating on/off
@@ -131,22 +128,6 @@ def fusion(m, repeats: int = 5) -> None:
     alternate(m, lambda on: setattr(g, "fused_upsample", on), [fwd, fwd_bwd], ("fused", "unfused"), repeats)
 
 
-def transposed(m, repeats: int = 5) -> None:
-    """The forward-only transposed-convolution path of the fused upsample+conv (harness/upconv.py) against
-    the phase convolution it replaces where no backward runs (imitation steps' generator calls)."""
-    from harness import upconv
-
-    c, g, taken = m.ctx, m.generator, upconv.forward_only
-    z = torch.randn(m.p.batch_size, m.p.nz, device=c.device)
-
-    def fwd():
-        with torch.no_grad(), c.autocast():
-            g(z)
-
-    alternate(m, lambda on: setattr(upconv, "forward_only", taken if on else (lambda x, conv: False)), [fwd],
-              ("transposed", "phase"), repeats)
-
-
 def allocator(argv: list[str], repeats: int = 3, iters: int = 3) -> None:
     """runtime.keep_freed_memory on and off. The setting belongs to a process, set once at its start, so each
     timing is its own process (`_iterations` below), alternating on/off: median s/iteration of `iters` default-path
@@ -215,7 +196,7 @@ def upsample(reps: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["step", "generator", "fusion", "transposed", "allocator", "_iterations", "fold",
+    ap.add_argument("what", choices=["step", "generator", "fusion", "allocator", "_iterations", "fold",
                                      "upsample"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
@@ -229,15 +210,12 @@ def main() -> None:
     if a.what == "allocator":
         return allocator([a.suite, *a.overrides, "--profile", a.profile, "--method", a.method], a.repeats)
     suite = _load(a.suite, a.profile, a.overrides, announce=False)
-    if a.what == "_iterations":  # the allocator setting first: it applies to what is allocated after it
-        from harness import env
+    from harness import env
 
-        env.apply_runtime(suite.runtime)
+    env.apply_runtime(suite.runtime)  # threads and allocator as runs have them, before anything is allocated
     m, teacher = default_method(suite, a.method)
     if a.what == "fusion":
         return fusion(m, a.repeats)
-    if a.what == "transposed":
-        return transposed(m, a.repeats)
     if a.what == "_iterations":
         return iterations(m, a.repeats)
     if a.what == "fold":

@@ -6,12 +6,6 @@ rows (i, i+1) with weights (w0+w1, w2). The four phases are one 2x2 convolution 
 4*Cout output channels, interleaved back into the 2x larger image: 4/9 of the multiply-adds, and neither
 the upsampled input nor its gradient is ever written. Same function, same gradients (up to rounding);
 GeneratorA uses it on the fast path (`runtime.fused_upsample`).
-
-Where no backward will run on a CPU (DFAD's imitation steps call the generator under no_grad), the same
-taps go into one stride-2 transposed convolution instead, which writes the 2x image directly: no
-interleave copy. Measured on the 2-core CPU (bf16, channels-last, MNIST paper shapes) its forward is ~30%
-faster than the phase convolution's, and its backward slower, hence forward-only. CUDA keeps the phase
-convolution, the path measured there.
 """
 from __future__ import annotations
 
@@ -33,18 +27,6 @@ def phase_weight(w: torch.Tensor) -> torch.Tensor:
     rows = _phase_taps(w, 2)                      # (2a, Cout, Cin, 2, 3)
     k = _phase_taps(rows, 4)                      # (2b, 2a, Cout, Cin, 2, 2)
     return k.transpose(0, 1).reshape(-1, *w.shape[1:2], 2, 2)
-
-
-def transposed_weight(w: torch.Tensor) -> torch.Tensor:
-    """(Cout, Cin, 3, 3) -> (Cin, Cout, 4, 4): conv_transpose2d(x, ., stride=2, padding=1) = conv(upsample(x)).
-
-    Output row 2i+a gets taps k = 3, 1 (rows i-1, i) for a = 0 and k = 2, 0 (rows i, i+1) for a = 1, so along
-    each axis the kernel is (w2, w1+w2, w0+w1, w0): the phase taps of `_phase_taps`, laid out by stride."""
-    def axis(t: torch.Tensor, dim: int) -> torch.Tensor:
-        t0, t1, t2 = t.unbind(dim)
-        return torch.stack([t2, t1 + t2, t0 + t1, t0], dim)
-
-    return axis(axis(w, 2), 3).transpose(0, 1)
 
 
 class _Interleave(torch.autograd.Function):
@@ -78,15 +60,8 @@ class _Interleave(torch.autograd.Function):
         return gy.view(n, hp, wp, c4).permute(0, 3, 1, 2), None, None
 
 
-def forward_only(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """Whether upsample_conv takes the transposed-convolution path: on a CPU, with no backward to serve."""
-    return x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
-
-
 def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """conv(F.interpolate(x, scale_factor=2)) for a 3x3, stride-1, padding-1, ungrouped conv."""
-    if forward_only(x, conv):
-        return F.conv_transpose2d(x, transposed_weight(conv.weight), conv.bias, stride=2, padding=1)
     n, _, h, w = x.shape
     bias = conv.bias.repeat(4) if conv.bias is not None else None
     y = F.conv2d(x, phase_weight(conv.weight), bias, padding=1)
