@@ -13,11 +13,17 @@
   python benchmarks/profile_step.py fold cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the frozen teacher's BatchNorm folded into its convs and not (swapped into
       the same method), and the teacher's forward and forward+backward-to-input alone
+  python benchmarks/profile_step.py state cifar10 --profile cpu2h --run RUNS/cifar10/dfad/seed-0 \
+          --teacher RUNS/teachers/*/teacher.pt [--repeats 3]
+      whether a run's iterations got slower as it trained: default-path iterations from the run's last checkpoint
+      against the same method's fresh weights (the run's teacher in both), then the checkpoint's state with
+      subnormal floats flushed to zero and not (torch.set_flush_denormal), alternating in one process
   python benchmarks/profile_step.py upsample
       nearest 2x upsampling of 512x128x16x16, NCHW against channels-last, fp32 and bf16 (why the generator
       keeps channels-last from its first layer)
 
-Weights do not change the cost: the teacher is untrained, as in `dfad-bench speed`. Run it alone on the machine.
+The teacher is untrained, as in `dfad-bench speed`, unless --teacher names weights: weights are assumed not to change
+the cost, and `state` checks that against a run's checkpoint. Run it alone on the machine.
 """
 from __future__ import annotations
 
@@ -30,13 +36,16 @@ from torch.profiler import ProfilerActivity, profile
 from harness.cli import _load
 from harness.data import get_dataset
 from harness.speed import build
-from harness.teacher import build_teacher_model
+from harness.teacher import build_teacher_model, load_weights
 
 
-def default_method(suite, method):
-    """The default path's method, and its teacher as built (the method runs a folded copy of it)."""
+def default_method(suite, method, teacher_weights=None):
+    """The default path's method, and its teacher as built (the method runs a folded copy of it); untrained
+    unless `teacher_weights` names a checkpoint."""
     spec = get_dataset(suite.dataset)
     teacher = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
+    if teacher_weights:
+        load_weights(teacher, teacher_weights)
     return build(suite, method, True, torch.device("cpu"), teacher, 5), teacher
 
 
@@ -180,6 +189,28 @@ def fold(m, unfolded, repeats: int = 5) -> None:
               ("folded", "unfolded"), repeats)
 
 
+def state(m, run_dir: str, repeats: int) -> None:
+    """Trained state (the run's checkpoint) against fresh weights, then subnormals flushed or not."""
+    import copy
+    from pathlib import Path
+
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    print(f"checkpoint at iteration {ckpt['iteration']}", flush=True)
+    fresh = copy.deepcopy(m.state_dict())
+
+    def trained_or_fresh(trained: bool) -> None:
+        m.load_state_dict(ckpt["method"] if trained else fresh)
+
+    alternate(m, trained_or_fresh, [], ("trained", "fresh"), repeats, iters=3)
+
+    def flushed(on: bool) -> None:
+        torch.set_flush_denormal(on)
+        m.load_state_dict(ckpt["method"])
+
+    alternate(m, flushed, [], ("subnormals flushed", "kept"), repeats, iters=3)
+    torch.set_flush_denormal(False)
+
+
 def upsample(reps: int = 5) -> None:
     import torch.nn.functional as F
 
@@ -197,13 +228,16 @@ def upsample(reps: int = 5) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["step", "generator", "fusion", "allocator", "_iterations", "fold",
-                                     "upsample"])
+                                     "state", "upsample"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--method", default="dfad")
     ap.add_argument("--rows", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--run", help="state: a run's directory (its checkpoint.pt)")
+    ap.add_argument("--teacher", help="the teacher's weights (e.g. the run's RUNS/teachers/*/teacher.pt); "
+                                      "default: untrained")
     a = ap.parse_args()
     if a.what == "upsample":
         return upsample()
@@ -213,13 +247,15 @@ def main() -> None:
     from harness import env
 
     env.apply_runtime(suite.runtime)  # threads and allocator as runs have them, before anything is allocated
-    m, teacher = default_method(suite, a.method)
+    m, teacher = default_method(suite, a.method, a.teacher)
     if a.what == "fusion":
         return fusion(m, a.repeats)
     if a.what == "_iterations":
         return iterations(m, a.repeats)
     if a.what == "fold":
         return fold(m, teacher, a.repeats)
+    if a.what == "state":
+        return state(m, a.run, a.repeats)
     step(m, a.rows) if a.what == "step" else generator(m)
 
 
