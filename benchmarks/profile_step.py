@@ -35,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from harness.cli import _load
 from harness.data import get_dataset
-from harness.speed import build
+from harness.speed import build, time_steps
 from harness.teacher import build_teacher_model, load_weights
 
 
@@ -161,10 +161,7 @@ def iterations(m, n: int) -> None:
     """One process's timing for `allocator` (the suite's runtime applied before the models were built):
     1 warm-up iteration, then n."""
     m.step(0)
-    t0 = time.perf_counter()
-    for i in range(n):
-        m.step(i + 1)
-    print(f"s_per_iter {(time.perf_counter() - t0) / n}")
+    print(f"s_per_iter {time_steps(m, lambda i: m.step(i + 1), n)}")
 
 
 def fold(m, unfolded, repeats: int = 5) -> None:

@@ -57,12 +57,12 @@ def training_batches(ctx: Context, source: Optional[str], batch_size: int):
 
 def runtime_switches(runtime, plain: bool = False) -> dict:
     """build_context's speed switches from a suite's `runtime:`; plain=True: every one off (`speed`'s baseline)."""
-    rt = runtime
     if plain:
         return dict(precision="fp32", channels_last="off", fast=False, compile=False, fused_upsample=False,
                     fold_teacher_bn=False, cuda_graph=False)
-    return dict(precision=rt.precision, channels_last=rt.channels_last, fast=rt.frozen_teacher, compile=rt.compile,
-                fused_upsample=rt.fused_upsample, fold_teacher_bn=rt.fold_teacher_bn, cuda_graph=rt.cuda_graph)
+    r = runtime
+    return dict(precision=r.precision, channels_last=r.channels_last, fast=r.frozen_teacher, compile=r.compile,
+                fused_upsample=r.fused_upsample, fold_teacher_bn=r.fold_teacher_bn, cuda_graph=r.cuda_graph)
 
 
 def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,

@@ -126,6 +126,11 @@ def _libc():
         return None
 
 
+def allocator_settable() -> bool:
+    """Whether set_allocator can do anything here (glibc)."""
+    return _libc() is not None
+
+
 def set_allocator(keep_freed_memory: bool) -> bool:
     """glibc serves blocks over 32 MB with mmap and unmaps them on free, so every large activation of every
     iteration is page-faulted in afresh. keep_freed_memory=True: all blocks come from the heap and freed memory

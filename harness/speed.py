@@ -160,7 +160,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
         if device.type == "cuda":
             out[name]["cudnn_benchmark"] = benchmark[name]
     out["schedule_iterations"] = suite.budget.iterations
-    out["keep_freed_memory"] = suite.runtime.keep_freed_memory and env._libc() is not None
+    out["keep_freed_memory"] = suite.runtime.keep_freed_memory and env.allocator_settable()
     if device.type == "cuda":  # PyTorch's defaults, unchanged by the harness: fp32 convolutions may use TF32
         out["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": cudnn.allow_tf32}
     out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)

@@ -63,7 +63,7 @@ def test_speed_command_prints_one_json_object():
     # the process's allocator setting (both paths), where glibc lets it be set
     from harness import env
 
-    assert out["keep_freed_memory"] is (env._libc() is not None)
+    assert out["keep_freed_memory"] is env.allocator_settable()
 
 
 def _rss_mb() -> float:
@@ -76,7 +76,7 @@ def test_keep_freed_memory_keeps_large_blocks_for_reuse():
     unmaps it at once."""
     from harness import env
 
-    if env._libc() is None or not os.path.exists("/proc/self/statm"):
+    if not env.allocator_settable() or not os.path.exists("/proc/self/statm"):
         pytest.skip("not glibc on Linux")
     try:
         dropped = {}
