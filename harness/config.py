@@ -354,11 +354,17 @@ def check_search(suite: Suite) -> None:
                     raise HarnessError(f"search.{name}.{key}: {v!r} is not valid ({one_line(e)})") from None
 
 
+def _key(part) -> str:
+    """A key of an error's location as written, quoted when it would not read as one (empty, spaces, a newline)."""
+    s = str(part)
+    return s if s and s.isprintable() and not any(c.isspace() or c == "." for c in s) else repr(s)
+
+
 def one_line(e: ValidationError, prefix: str = "") -> str:
     """A pydantic error as one line: where, what, and the value given."""
     err = e.errors()[0]
-    loc = prefix + ".".join(str(x) for x in err["loc"])
-    msg = err["msg"]
+    loc = prefix + ".".join(_key(x) for x in err["loc"])
+    msg = " ".join(err["msg"].split())
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     given = err.get("input")

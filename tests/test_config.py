@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from harness.config import list_suites, load_suite, parse_override
+from harness.config import list_suites, load_suite, parse_override, suite_path
 from harness.errors import HarnessError
 
 # Official script defaults (../shared/reference/dfad-paper.md, "Hyperparameters").
@@ -64,6 +65,17 @@ def test_bad_config_is_one_line_error_naming_it(override, fragment):
         load_suite("mnist", "quick", [override])
     msg = str(e.value)
     assert fragment in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("key,shown", [("\n", "'\\n'"), ("a b", "'a b'"), ("", "''"), ("x.y", "'x.y'")])
+def test_unknown_key_that_is_not_a_plain_word_is_quoted_on_one_line(tmp_path, key, shown):
+    # found by tests/test_fuzz_config.py: a YAML key "\n" made a two-line error
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump({**yaml.safe_load(suite_path("mnist").read_text()), key: 1}))
+    with pytest.raises(HarnessError) as e:
+        load_suite(str(p))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.endswith(f"{shown}: unknown key"), msg
 
 
 def test_unknown_suite_and_profile_suggest():
