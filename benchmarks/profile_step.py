@@ -7,6 +7,8 @@
   python benchmarks/profile_step.py fusion cifar10 --profile cpu2h [--repeats 5]
       default-path iterations with the generator's fused upsample+conv on and off, alternating in one process
       (median s/iteration of each, and of the generator's forward and forward+backward alone)
+  python benchmarks/profile_step.py inplace mnist --profile paper [--repeats 5]
+      the same with the generator's LeakyReLUs in place (as built) and out of place
   python benchmarks/profile_step.py allocator mnist --profile paper [--repeats 3]
       default-path iterations with runtime.keep_freed_memory on and off: a process per timing (the setting is
       the process's), alternating on/off
@@ -121,7 +123,8 @@ def alternate(m, toggle, fns, labels=("on", "off"), repeats: int = 5, iters: int
               f"{b} {[round(t * 1000) for t in times[(f.__name__, False)]]})", flush=True)
 
 
-def fusion(m, repeats: int = 5) -> None:
+def generator_calls(m):
+    """The generator's two kinds of call in an iteration: an imitation step's (no grad) and a generation step's."""
     c, g = m.ctx, m.generator
     z = torch.randn(m.p.batch_size, m.p.nz, device=c.device)
 
@@ -134,7 +137,23 @@ def fusion(m, repeats: int = 5) -> None:
             y = g(z)
         y.float().abs().mean().backward()
 
-    alternate(m, lambda on: setattr(g, "fused_upsample", on), [fwd, fwd_bwd], ("fused", "unfused"), repeats)
+    return [fwd, fwd_bwd]
+
+
+def fusion(m, repeats: int = 5) -> None:
+    alternate(m, lambda on: setattr(m.generator, "fused_upsample", on), generator_calls(m), ("fused", "unfused"),
+              repeats)
+
+
+def inplace(m, repeats: int = 5) -> None:
+    """The generator's LeakyReLUs in place (as built) and out of place."""
+    acts = [a for a in m.generator.modules() if isinstance(a, torch.nn.LeakyReLU)]
+
+    def toggle(on: bool) -> None:
+        for a in acts:
+            a.inplace = on
+
+    alternate(m, toggle, generator_calls(m), ("in place", "out of place"), repeats)
 
 
 def allocator(argv: list[str], repeats: int = 3, iters: int = 3) -> None:
@@ -225,7 +244,7 @@ def upsample(reps: int = 5) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["step", "generator", "fusion", "allocator", "_iterations", "fold",
-                                     "state", "upsample"])
+                                     "state", "upsample", "inplace"])
     ap.add_argument("suite", nargs="?", default="mnist")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--profile", default="paper")
@@ -247,6 +266,8 @@ def main() -> None:
     m, teacher = default_method(suite, a.method, a.teacher)
     if a.what == "fusion":
         return fusion(m, a.repeats)
+    if a.what == "inplace":
+        return inplace(m, a.repeats)
     if a.what == "_iterations":
         return iterations(m, a.repeats)
     if a.what == "fold":
