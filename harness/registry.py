@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Generic, TypeVar
 
 from .errors import HarnessError
@@ -39,6 +40,18 @@ class Registry(Generic[T]):
 
     def items(self):
         return sorted(self._items.items())
+
+
+def lazy(path: str) -> Callable:
+    """A builder that imports "module:function" on its first call: for registered parts whose imports are slow."""
+    module, attr = path.split(":")
+
+    def build(*args, **kwargs):
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    build.__name__ = build.__qualname__ = attr
+    build.__doc__ = f"{attr} from {module} (imported when first built)"
+    return build
 
 
 def normalize(name: str) -> str:

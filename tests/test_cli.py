@@ -81,6 +81,17 @@ def test_missing_data_names_where_it_looked(tmp_path):
     assert "error: dataset 'mnist' not found under" in r.stderr and str(tmp_path / "nodata") in r.stderr
 
 
+def test_cli_import_leaves_torchvision_for_the_models_that_need_it():
+    """torchvision costs ~1.5 s to import (it imports torch._dynamo): every command paid it before any work.
+    It loads when a torchvision-based model is built, and that model is the registered one."""
+    code = ("import sys, harness.cli; from harness.models import build_model; "
+            "print('torchvision' in sys.modules); m = build_model('resnet18_tv', num_classes=5, width=8); "
+            "print('torchvision' in sys.modules, type(m).__name__, m.fc.out_features)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True", "TVResNet", "5"]
+
+
 def test_ls_and_validate():
     r = cli("ls")
     assert r.returncode == 0 and "dfad" in r.stdout and "mnist" in r.stdout and "lenet5_half" in r.stdout
