@@ -110,7 +110,7 @@ def train_only(t: Path):
 GOOD_SUITE = (REPO / "benchmarks" / "mnist.yaml").read_text()
 CK = "teacher.checkpoint={t}/ckpt.pt"
 R = ["--runs-dir", "{t}/runs"]  # the shared runs dir holding the finished run
-FRESH = ["--runs-dir", "{t}/fresh"]  # checkpoint cases: the shared dir would answer "different config" first
+FRESH = ["--runs-dir", "{t}/fresh"]  # checkpoint and model cases: the shared dir would answer "different config" first
 
 CASES = [
     Case("malformed YAML", ["run", "{t}/s.yaml", *SMOKE, *R], setup=suite_file("dataset: mnist\n  teacher: [\n")),
@@ -132,6 +132,12 @@ CASES = [
     Case("unknown method (--methods)", ["run", "mnist", "--profile", "smoke", "--methods", "dfda", *R]),
     Case("unknown model", ["run", "mnist", *SMOKE, *R, "student.name=lenet5_hlf"]),
     Case("unknown dataset", ["run", "mnist", *SMOKE, *R, "dataset=mnits"]),
+    Case("model kwargs it cannot be built from", ["run", "mnist", *SMOKE, *FRESH, "student.name=resnet20",
+                                                  "student.kwargs.width=-2"]),
+    Case("model that cannot take the dataset's input", ["run", "mnist", *SMOKE, *FRESH,
+                                                        "student.name=deeplabv3_mobilenetv2", "student.kwargs.width=0.25"]),
+    Case("teacher: model kwargs that leave a layer empty", ["teacher", "mnist", "--profile", "smoke", *FRESH,
+                                                           "teacher.model.name=resnet8", "teacher.model.kwargs.width=0"]),
     Case("unknown profile", ["run", "mnist", "--profile", "smok", "--methods", "dfad", *R]),
     Case("missing data root", ["run", "mnist", *SMOKE, *R], env={"DFAD_DATA": "{t}/nodata"}),
     Case("missing split (MNIST train only)", ["run", "mnist", *SMOKE, *R], env={"DFAD_DATA": "{t}/data"}, setup=train_only),

@@ -179,12 +179,15 @@ def _stored_profile(suite: str, runs_dir: Path) -> str | None:
 @guarded
 def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
              profile: Optional[str] = PROFILE):
-    """Load and check a suite (every profile, or the one given) without running anything."""
+    """Load and check a suite (every profile, or the one given) without running anything: the config, and that
+    its teacher and student build and take the dataset's input."""
     from .config import read_yaml, suite_path
+    from .runner import check_models
 
     profiles = [profile] if profile else ["paper", *(read_yaml(suite_path(suite)).get("profiles") or {})]
     for p in profiles:
         s = _load(suite, p, overrides, announce=False)
+        check_models(s)
         typer.echo(f"ok: {s.name} [{p}] dataset {s.dataset}, teacher {s.teacher.model.name}, student "
                    f"{s.student.name}, methods {', '.join(s.method_names())}, seeds {s.seeds}, "
                    f"{s.budget.iterations} iterations")
@@ -198,8 +201,11 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
     from . import env
     from .teacher import ensure_teacher
 
+    from .runner import check_models
+
     s = _load(suite, profile, overrides)
     env.apply_runtime(s.runtime)
+    check_models(s, ("teacher",))
     t = ensure_teacher(s, runs_dir, env.resolve_device(s.runtime.device))
     typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test acc {t.acc:.4f} ({t.source}, {t.path})")
 

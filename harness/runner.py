@@ -107,6 +107,48 @@ def build_student(suite: Suite):
                        **suite.student.kwargs)
 
 
+def check_models(suite: Suite, roles=("teacher", "student")) -> None:
+    """Build the suite's teacher and student and pass a dummy batch through each, on the meta device (shapes
+    only, no arithmetic; where that fails, once more on the CPU, whose messages are the informative ones). A
+    model its kwargs cannot build, one that cannot take the dataset's input, or one with the wrong number of
+    outputs is then a one-line error before any training, not a failed run later."""
+    spec = get_dataset(suite.dataset)
+    cfgs = {"teacher": suite.teacher.model, "student": suite.student}
+    x = torch.zeros(2, *spec.input_shape)
+    for role in roles:
+        cfg = cfgs[role]
+        what = f"{role} {cfg.name}" + (f" ({', '.join(f'{k}={v!r}' for k, v in cfg.kwargs.items())})"
+                                       if cfg.kwargs else "")
+
+        def build():
+            return build_model(cfg.name, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
+                               **cfg.kwargs).eval()
+
+        try:
+            model = build()
+        except HarnessError:
+            raise
+        except Exception as e:
+            raise HarnessError(f"{what} cannot be built: {type(e).__name__}: {first_line(e)}") from None
+        with torch.no_grad():
+            try:
+                out = model.to("meta")(x.to("meta"))
+            except Exception:
+                try:
+                    out = build()(x)
+                except Exception as e:
+                    raise HarnessError(f"{what} cannot take {suite.dataset}'s input {tuple(spec.input_shape)}: "
+                                       f"{type(e).__name__}: {first_line(e)}") from None
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[1] != spec.num_classes:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise HarnessError(f"{what} gives output {got} for {suite.dataset}, which has {spec.num_classes} "
+                               f"classes (expected (batch, {spec.num_classes}, ...))")
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
 def load_resume_state(rd: RunDir, fingerprint: str, log, cfg: dict | None = None,
                       previous_cfg: dict | None = None) -> dict | None:
     if not rd.checkpoint.exists():
@@ -238,6 +280,7 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     check_finished_runs(suite, store, force)
     env.apply_runtime(suite.runtime)
     env.set_determinism(suite.runtime.deterministic)
+    check_models(suite)
     runs = planned_runs(suite)
     progress = progress or SuiteProgress(len(runs))
     outcome = SuiteOutcome()

@@ -191,4 +191,7 @@ def speed_command(suite: str, method: str = "dfad", iters: int = 5, warmup: int 
         from .registry import unknown
 
         raise HarnessError(unknown("method", method, s.method_names()) + f" (suite {s.name})")
+    from .runner import check_models
+
+    check_models(s)
     print(json.dumps(measure(s, method, iters, warmup, repeats)))

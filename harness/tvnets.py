@@ -100,26 +100,30 @@ class TVResNet(torchvision.models.ResNet):
         return (out, Features(penultimate=feat, stages=stages)) if return_features else out
 
 
-def tv_resnet(blocks, num_classes, width=64) -> TVResNet:
-    """torchvision's ResNet; `width` != 64 rebuilds it with stages width x (1, 2, 4, 8) (CPU and smoke profiles)."""
+def tv_resnet(blocks, num_classes, width=64, in_channels=3) -> TVResNet:
+    """torchvision's ResNet; `width` != 64 rebuilds it with stages width x (1, 2, 4, 8) (CPU and smoke profiles),
+    and `in_channels` != 3 its first convolution."""
     from torchvision.models.resnet import BasicBlock
 
     m = TVResNet(BasicBlock, blocks, num_classes=num_classes)
     if width != 64:
         m.inplanes = width
-        m.conv1, m.bn1 = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width)
+        m.conv1, m.bn1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width)
         for i, n in enumerate(blocks):
             setattr(m, f"layer{i + 1}", m._make_layer(BasicBlock, width * 2 ** i, n, stride=1 if i == 0 else 2))
         m.fc = nn.Linear(width * 8, num_classes)
         for mod in m.modules():  # torchvision's initialisation for the rebuilt layers
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+    elif in_channels != 3:
+        m.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
     return m
 
 
 def resnet34_tv(num_classes=101, in_channels=3, width=64, **_):
-    return tv_resnet([3, 4, 6, 3], num_classes, width)
+    return tv_resnet([3, 4, 6, 3], num_classes, width, in_channels)
 
 
 def resnet18_tv(num_classes=101, in_channels=3, width=64, **_):
-    return tv_resnet([2, 2, 2, 2], num_classes, width)
+    return tv_resnet([2, 2, 2, 2], num_classes, width, in_channels)

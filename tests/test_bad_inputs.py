@@ -18,7 +18,8 @@ SUBSET = {  # case -> what its one error line must name
     "missing split (MNIST train only)": "test split", "checkpoint of another class count": "fc2.weight",
     "checkpoint with pickled code (torch zip)": "pickled code", "unwritable runs dir (under a file)": "not writable",
     "full disk during a checkpoint (64 KiB tmpfs)": "No space left on device",
-    "CUDA graph on a CPU device": "runtime.cuda_graph=true needs a CUDA device"}
+    "CUDA graph on a CPU device": "runtime.cuda_graph=true needs a CUDA device",
+    "model that cannot take the dataset's input": "cannot take mnist's input (1, 32, 32)"}
 
 
 @pytest.fixture(scope="module")

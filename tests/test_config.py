@@ -16,10 +16,12 @@ OFFICIAL = {
 @pytest.mark.parametrize("suite", list_suites())
 def test_every_suite_and_profile_validates(suite):
     from harness.config import read_yaml, suite_path
+    from harness.runner import check_models
 
     for profile in ["paper", *(read_yaml(suite_path(suite)).get("profiles") or {})]:
         s = load_suite(suite, profile)
         assert s.profile == profile and s.methods
+        check_models(s)  # its teacher and student build and take the dataset's input (what `validate` checks)
 
 
 @pytest.mark.parametrize("suite", sorted(OFFICIAL))

@@ -59,3 +59,37 @@ def test_human_macs():
     assert human_macs(139_000) == "139K"
     assert human_macs(557e6) == "557M"
     assert human_macs(1.16e9) == "1.16G"
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["student.name=resnet20", "student.kwargs.width=-2"], "student resnet20 (width=-2) cannot be built: RuntimeError"),
+    # the meta device's message is terse ("Invalid channel dimensions"): the CPU's names the channels
+    (["student.name=deeplabv3_mobilenetv2", "student.kwargs.width=0.25"],
+     "student deeplabv3_mobilenetv2 (width=0.25) cannot take mnist's input (1, 32, 32): RuntimeError: Given groups=1"),
+    (["teacher.model.name=test_three_logits"], "teacher test_three_logits gives output (2, 3) for mnist, which has 10"),
+])
+def test_check_models_names_a_model_that_does_not_fit_the_dataset(overrides, fragment):
+    from harness.config import load_suite
+    from harness.errors import HarnessError
+    from harness.registry import MODELS
+    from harness.runner import check_models
+
+    if "test_three_logits" not in MODELS:  # a user's model that ignores num_classes
+        MODELS.register("test_three_logits")(lambda in_channels=1, **_: torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.LazyLinear(3)))
+
+    with pytest.raises(HarnessError) as e:
+        check_models(load_suite("mnist", "smoke", overrides))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_torchvision_resnet_takes_the_datasets_channels():
+    """resnet18_tv / resnet34_tv used to ignore in_channels (always 3): a grayscale dataset failed mid-run."""
+    from harness.config import load_suite
+    from harness.runner import check_models
+
+    for width in (64, 8):
+        m = build_model("resnet18_tv", num_classes=10, in_channels=1, width=width)
+        assert m.conv1.in_channels == 1 and m.conv1.out_channels == width
+        assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    check_models(load_suite("mnist", "smoke", ["student.name=resnet18_tv", "student.kwargs.width=8"]))
