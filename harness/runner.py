@@ -125,7 +125,8 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
                                **cfg.kwargs).eval()
 
         try:
-            model = build()
+            with torch.random.fork_rng(devices=[]):  # the check draws no numbers the runs would see
+                model = build()
         except HarnessError:
             raise
         except Exception as e:
@@ -135,7 +136,8 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
                 out = model.to("meta")(x.to("meta"))
             except Exception:
                 try:
-                    out = build()(x)
+                    with torch.random.fork_rng(devices=[]):
+                        out = build()(x)
                 except Exception as e:
                     raise HarnessError(f"{what} cannot take {suite.dataset}'s input {tuple(spec.input_shape)}: "
                                        f"{type(e).__name__}: {first_line(e)}") from None
