@@ -15,6 +15,7 @@ from .data import ImageTensors, LoaderBatches, TensorBatches, get_dataset, mater
 from .errors import HarnessError
 from .fold import fold_batchnorm
 from .loop import LoopResult, run_loop
+from .models import check_fits
 from .method import Context, Method
 from .registry import METHODS
 
@@ -113,9 +114,8 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
         input_shape = tuple(test.x.shape[1:])
     if len(input_shape) != 3:
         raise HarnessError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = teacher.eval()(test.normalize(test.x[:2])).shape[1]
+    num_classes = check_fits(teacher, "teacher", input_shape, num_classes, "input_shape")  # None: its output says
+    check_fits(student, "student", input_shape, num_classes, "input_shape")
     ctx = build_context(teacher, student, input_shape, num_classes, seed, iterations, device, precision,
                         channels_last, train_set=train_set)
     m = make_method(method, ctx, hyperparameters)

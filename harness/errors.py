@@ -18,3 +18,8 @@ class DivergenceError(HarnessError):
 class NotApplicableError(HarnessError):
     """The method cannot run on this suite's models (e.g. DFQ-style on a teacher without BatchNorm):
     the run is recorded failed and unavailable, so tables show n/a rather than a number."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (for one-line errors that quote one)."""
+    return (str(e).strip().splitlines() or [""])[0]

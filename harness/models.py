@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import HarnessError, first_line
 from .registry import MODELS
 from .upconv import fusable, upsample_conv
 
@@ -179,6 +180,27 @@ def generator_a(nz=100, ngf=64, input_shape=(1, 32, 32), **_):
 
 def build_model(name: str, **kwargs) -> nn.Module:
     return MODELS.get(name)(**kwargs)
+
+
+@torch.no_grad()
+def check_fits(model: nn.Module, what: str, input_shape, num_classes: int | None, data: str = "the input") -> int:
+    """A batch of 2 zeros through `model` (eval mode, on its device; its mode is restored): it must take
+    `input_shape` and give (2, num_classes, ...), any number of classes when None. Returns that number;
+    otherwise a one-line HarnessError naming `what` is wrong."""
+    was_training = model.training
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    try:
+        out = model.eval()(torch.zeros(2, *input_shape, device=device))
+    except Exception as e:
+        raise HarnessError(f"{what} cannot take {data} {tuple(input_shape)}: {type(e).__name__}: "
+                           f"{first_line(e)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[1] != (num_classes or out.shape[1]):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        want = f"(batch, {num_classes}, ...) for {num_classes} classes" if num_classes else "(batch, classes, ...)"
+        raise HarnessError(f"{what} gives output {got} for {data} {tuple(input_shape)}, not {want}")
+    return out.shape[1]
 
 
 @torch.no_grad()

@@ -13,10 +13,10 @@ from . import env
 from .api import build_context, make_method, runtime_switches
 from .config import Suite, config_hash
 from .data import get_dataset
-from .errors import HarnessError, MissingDataError, NotApplicableError
+from .errors import HarnessError, MissingDataError, NotApplicableError, first_line
 from .locks import Busy, exclusive
 from .loop import CHECKPOINT_VERSION, run_loop
-from .models import build_model, count_macs
+from .models import build_model, check_fits, count_macs
 from .progress import SuiteProgress
 from .store import STORAGE_ERRNOS, RunDir, Store, atomic_torch_save
 from .teacher import ensure_teacher
@@ -108,47 +108,33 @@ def build_student(suite: Suite):
 
 
 def check_models(suite: Suite, roles=("teacher", "student")) -> None:
-    """Build the suite's teacher and student and pass a dummy batch through each, on the meta device (shapes
-    only, no arithmetic; where that fails, once more on the CPU, whose messages are the informative ones). A
-    model its kwargs cannot build, one that cannot take the dataset's input, or one with the wrong number of
-    outputs is then a one-line error before any training, not a failed run later."""
+    """The suite's teacher and student built, and a batch passed through each on the meta device (shapes only,
+    no arithmetic; where that fails, once more on the CPU, whose messages are the informative ones). A model
+    its kwargs cannot build, one that cannot take the dataset's input, or one with the wrong number of outputs
+    is then a one-line error before any training, not a failed run later. Draws no random numbers a run sees."""
     spec = get_dataset(suite.dataset)
     cfgs = {"teacher": suite.teacher.model, "student": suite.student}
-    x = torch.zeros(2, *spec.input_shape)
     for role in roles:
         cfg = cfgs[role]
         what = f"{role} {cfg.name}" + (f" ({', '.join(f'{k}={v!r}' for k, v in cfg.kwargs.items())})"
                                        if cfg.kwargs else "")
 
         def build():
-            return build_model(cfg.name, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
-                               **cfg.kwargs).eval()
+            with torch.random.fork_rng(devices=[]):
+                return build_model(cfg.name, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
+                                   **cfg.kwargs)
 
         try:
-            with torch.random.fork_rng(devices=[]):  # the check draws no numbers the runs would see
-                model = build()
+            model = build()
         except HarnessError:
             raise
         except Exception as e:
             raise HarnessError(f"{what} cannot be built: {type(e).__name__}: {first_line(e)}") from None
-        with torch.no_grad():
-            try:
-                out = model.to("meta")(x.to("meta"))
-            except Exception:
-                try:
-                    with torch.random.fork_rng(devices=[]):
-                        out = build()(x)
-                except Exception as e:
-                    raise HarnessError(f"{what} cannot take {suite.dataset}'s input {tuple(spec.input_shape)}: "
-                                       f"{type(e).__name__}: {first_line(e)}") from None
-        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[1] != spec.num_classes:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise HarnessError(f"{what} gives output {got} for {suite.dataset}, which has {spec.num_classes} "
-                               f"classes (expected (batch, {spec.num_classes}, ...))")
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0]
+        fits = (what, spec.input_shape, spec.num_classes, f"{suite.dataset}'s input")
+        try:
+            check_fits(model.to("meta"), *fits)
+        except HarnessError:
+            check_fits(build(), *fits)
 
 
 def load_resume_state(rd: RunDir, fingerprint: str, log, cfg: dict | None = None,

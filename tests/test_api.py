@@ -65,3 +65,21 @@ def test_distill_rejects_bad_hyperparameters():
         harness.distill(TinyNet(), TinyNet(), test_set=_data(), lr_s=0.1)
     with pytest.raises(HarnessError, match="did you mean 'dfad'"):
         harness.distill(TinyNet(), TinyNet(), method="dfda", test_set=_data())
+
+
+def test_distill_names_a_model_that_does_not_fit():
+    """Checked before anything is built or trained, with the argument that disagrees named."""
+    cases = [
+        (TinyNet(), TinyNet(k=5), {}, "student gives output (2, 5) for input_shape (2, 20, 24), not (batch, 7, ...)"),
+        (TinyNet(), TinyNet(c=3), {}, "student cannot take input_shape (2, 20, 24): RuntimeError"),
+        (TinyNet(), TinyNet(), {"num_classes": 9}, "teacher gives output (2, 7) for input_shape (2, 20, 24), not (batch, 9"),
+    ]
+    for teacher, student, kw, fragment in cases:
+        student.train()
+        try:
+            harness.distill(teacher, student, method="dfad", test_set=_data(), iterations=2, batch_size=8, **kw)
+        except HarnessError as e:
+            assert fragment in str(e) and "\n" not in str(e), str(e)
+        else:
+            raise AssertionError(f"no error for {fragment!r}")
+        assert student.training  # the check leaves the model's mode as it was

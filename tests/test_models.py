@@ -66,7 +66,7 @@ def test_human_macs():
     # the meta device's message is terse ("Invalid channel dimensions"): the CPU's names the channels
     (["student.name=deeplabv3_mobilenetv2", "student.kwargs.width=0.25"],
      "student deeplabv3_mobilenetv2 (width=0.25) cannot take mnist's input (1, 32, 32): RuntimeError: Given groups=1"),
-    (["teacher.model.name=test_three_logits"], "teacher test_three_logits gives output (2, 3) for mnist, which has 10"),
+    (["teacher.model.name=test_three_logits"], "teacher test_three_logits gives output (2, 3) for mnist's input (1, 32, 32), not (batch, 10, ...)"),
 ])
 def test_check_models_names_a_model_that_does_not_fit_the_dataset(overrides, fragment):
     from harness.config import load_suite
