@@ -118,6 +118,14 @@ CASES = [
     Case("suite file not UTF-8", ["run", "{t}/s.yaml", *SMOKE, *R], setup=lambda t: (t / "s.yaml").write_bytes(b"\xff\xfe\x00")),
     Case("suite file missing", ["run", "{t}/nope.yaml", *SMOKE, *R]),
     Case("unknown key in suite", ["run", "{t}/s.yaml", *SMOKE, *R], setup=suite_file(GOOD_SUITE + "budgett: {iterations: 5}\n")),
+    Case("own dataset: folder missing", ["run", "{t}/s.yaml", *SMOKE, *R],
+         setup=lambda t: suite_file(GOOD_SUITE.replace("dataset: mnist\n", f"datasets: {{mine: {{folder: {t}/nope}}}}\n"
+                                                                          "dataset: mine\n", 1))(t)),
+    Case("own dataset: a file that is not an image", ["run", "{t}/s.yaml", *SMOKE, *FRESH], setup=lambda t: (
+        [(t / "own" / s / "a").mkdir(parents=True) or (t / "own" / s / "a" / "x.png").write_text("not a png")
+         for s in ("train", "test")],
+        suite_file(GOOD_SUITE.replace("dataset: mnist\n", f"datasets: {{mine: {{folder: {t}/own, channels: 1}}}}\n"
+                                                            "dataset: mine\n", 1))(t))),
     Case("unknown key (override)", ["run", "mnist", *SMOKE, *R, "budget.iteratons=5"]),
     Case("unknown method hyperparameter", ["run", "mnist", *SMOKE, *R, "methods.dfad.lr_s=0.1"]),
     Case("wrong type in suite", ["run", "{t}/s.yaml", *SMOKE, *R], setup=suite_file(GOOD_SUITE.replace("student: {name: lenet5_half}", "student: [lenet5_half]"))),

@@ -40,7 +40,7 @@ def _load(suite, profile, overrides, methods=None, seeds=None, params=None, anno
     from .config import default_profile, load_suite
 
     if profile is None and announce:
-        name, why = default_profile()
+        name, why = default_profile(suite)
         typer.echo(f"profile: {name} ({why}; --profile paper|quick|smoke to choose)", err=True)
     return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params)
 

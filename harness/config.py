@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -33,6 +34,31 @@ class ModelCfg(Strict):
     def _known(cls, v):
         MODELS.get(v)
         return v
+
+
+class FolderDataCfg(Strict):
+    """A user's image-classification dataset in the ImageFolder layout, `<folder>/{train,test}/<class>/<image>`
+    (classes: the train folder's subfolders, sorted). Images are decoded once, resized to `size`, and cached."""
+
+    folder: str
+    size: list[int] = Field(default_factory=lambda: [32, 32], min_length=2, max_length=2)  # H, W
+    channels: Literal[1, 3] = 3
+    # per channel, for images scaled to [0, 1]; unset: 0.5 and 0.5, i.e. [-1, 1] (the generator's tanh range)
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    augment: Literal["none", "crop_flip"] = "none"  # crop_flip: CIFAR's random padded crop and flip
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if min(self.size) < 1:
+            raise ValueError(f"size must be two positive numbers (H, W), got {self.size}")
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if v is not None and len(v) != self.channels:
+                raise ValueError(f"{key} needs one value per channel ({self.channels}), got {v}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
 
 
 class TeacherRecipe(Strict):
@@ -151,6 +177,7 @@ class Suite(Strict):
     name: str
     description: str = ""
     profile: str = "paper"
+    datasets: dict[str, FolderDataCfg] = Field(default_factory=dict)  # the suite's own datasets, by name
     dataset: str
     teacher: TeacherCfg
     student: ModelCfg
@@ -163,11 +190,39 @@ class Suite(Strict):
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
     search: dict[str, dict[str, SearchParam]] = Field(default_factory=dict)  # per method, for `tune`
 
+    @field_validator("datasets")
+    @classmethod
+    def _own_names(cls, v):
+        from .data import is_builtin
+
+        for name in v:
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+                raise ValueError(f"dataset name {name!r}: use letters, digits, '_' and '-' (it names folders)")
+            if is_builtin(name):
+                raise ValueError(f"{name!r} is a built-in dataset; give yours another name")
+        return v
+
     @field_validator("dataset")
     @classmethod
-    def _dataset(cls, v):
-        DATASETS.get(v)
+    def _dataset(cls, v, info):
+        if "datasets" not in info.data:
+            return v  # `datasets` failed its own validation, whose error says what is wrong
+        own = info.data["datasets"]
+        if v in own:
+            from .data import register_folder
+
+            register_folder(v, own[v])
+        else:
+            DATASETS.get(v)
         return v
+
+    def own_dataset(self) -> dict | None:
+        """The definition of the suite's dataset when the suite defines it (with its files' fingerprint)."""
+        if self.dataset not in self.datasets:
+            return None
+        from .data import get_dataset
+
+        return {**self.datasets[self.dataset].model_dump(mode="json"), "files": get_dataset(self.dataset).cache_name}
 
     def method_class(self, name: str):
         """A methods entry is a registered method, or a variant label with `method: <registered name>`."""
@@ -184,7 +239,9 @@ class Suite(Strict):
     def run_config(self, method: str, seed: int) -> dict:
         """The resolved config of one run: what config.yaml holds and what identifies the run."""
         d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "notes", "description",
-                                                            "tracking", "search"})
+                                                            "tracking", "search", "datasets"})
+        if self.own_dataset():  # only then: the configs (and hashes) of runs on built-in data stay as they were
+            d["dataset_def"] = self.own_dataset()
         d.update(method=method, seed=seed, params=self.method_params(method).model_dump(mode="json"))
         cls = method_of(method, self.methods.get(method))
         if cls != method:  # a variant: record which registered method runs it
@@ -267,11 +324,15 @@ def apply_override(data: dict, parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def default_profile() -> tuple[str, str]:
+def default_profile(suite: str | None = None) -> tuple[str, str]:
+    """`paper` with CUDA, `quick` without, and `paper` for a suite (name or file) that has no quick profile."""
     import torch
 
     if torch.cuda.is_available():
         return "paper", "CUDA is available"
+    profiles = read_yaml(suite_path(suite)).get("profiles") if suite is not None else None
+    if suite is not None and not (isinstance(profiles, dict) and "quick" in profiles):
+        return "paper", "no CUDA device, and the suite has no quick profile"
     return "quick", "no CUDA device"
 
 
@@ -283,7 +344,7 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict):
         raise HarnessError(f"{path}: 'profiles' must be a mapping")
-    profile = profile or default_profile()[0]
+    profile = profile or default_profile(name_or_path)[0]
     if profile != "paper":
         if profile not in profiles:
             raise HarnessError(unknown("profile", profile, ["paper", *profiles]) + f" (suite {path.stem})")

@@ -5,6 +5,8 @@ ImageFolder layout `<root>/<name>/{train,test}/<class>/`), then live in memory a
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import MissingDataError
-from .registry import DATASETS
+from .errors import HarnessError, MissingDataError
+from .registry import DATASETS, normalize
 
 
 def data_root() -> Path:
@@ -84,11 +86,15 @@ class DatasetSpec:
     how_to_get: str = ""
     splits: tuple[str, ...] = field(default=("train", "test"))
     metric: str = "acc"  # "acc" | "miou" (segmentation: void labels ignored); the loop's evaluate dispatches on it
+    cache_name: str = ""  # the decoded tensors' file name under <root>/.dfad-cache; default: the name
+
+    def __post_init__(self):
+        self.cache_name = self.cache_name or self.name
 
     def load(self, split: str, root: Path | None = None) -> ImageTensors:
         root = Path(root) if root is not None else data_root()
         try:
-            x, y = cached(self.name, split, root, lambda: self.loader(root, split))
+            x, y = cached(self.cache_name, split, root, lambda: self.loader(root, split))
         except MissingDataError as e:  # name the split: a root may hold train but not test
             raise MissingDataError(f"{e}; needed for its {split} split") from None
         return ImageTensors(x, y, self.mean, self.std, self.metric)
@@ -149,6 +155,63 @@ def _image_folder(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             ys.append(label)
     if not xs:
         raise MissingDataError(f"no images under {root}")
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+_OWN: set[str] = set()  # names registered from suites' `datasets:` sections
+
+
+def is_builtin(name: str) -> bool:
+    return name in DATASETS and normalize(name) not in _OWN
+
+
+def register_folder(name: str, cfg) -> DatasetSpec:
+    """A suite's own dataset (config.FolderDataCfg) registered under `name`. Its cache name carries a
+    fingerprint of the folder, size, channels, classes and the class folders' modification times, so
+    adding or removing images (or resizing) decodes afresh."""
+    folder = Path(cfg.folder).expanduser().resolve()
+    layout = f"expects {folder}/{{train,test}}/<class>/<image>"
+    train = folder / "train"
+    if not train.is_dir():
+        raise MissingDataError(f"dataset {name!r}: no folder {train} ({layout})")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if not classes:
+        raise MissingDataError(f"dataset {name!r}: no class folders under {train} ({layout})")
+    stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") if (folder / split).is_dir()
+              for p in sorted((folder / split).iterdir()) if p.is_dir()]
+    h, w = cfg.size
+    key = hashlib.sha256(json.dumps([str(folder), [h, w], cfg.channels, classes, stamps]).encode()).hexdigest()[:12]
+    spec = DatasetSpec(name, (cfg.channels, h, w), len(classes), tuple(cfg.mean or [0.5] * cfg.channels),
+                       tuple(cfg.std or [0.5] * cfg.channels),
+                       lambda root, split: _folder_split(folder, split, classes, (h, w), cfg.channels),
+                       cfg.augment, how_to_get=layout, cache_name=f"{name}-{key}")
+    _OWN.add(normalize(name))
+    return DATASETS.replace(name, spec)
+
+
+def _folder_split(folder: Path, split: str, classes: list[str], hw: tuple[int, int], channels: int):
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    d = folder / split
+    if not d.is_dir():
+        raise MissingDataError(f"no folder {d} (expects {folder}/{{train,test}}/<class>/<image>)")
+    extra = sorted({p.name for p in d.iterdir() if p.is_dir()} - set(classes))
+    if extra:
+        raise HarnessError(f"{d}: class folder(s) {', '.join(extra[:3])} not in {folder / 'train'}")
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    xs, ys = [], []
+    for label, c in enumerate(classes):
+        for f in sorted((d / c).iterdir()) if (d / c).is_dir() else []:
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            try:
+                img = decode_image(read_file(str(f)), mode=mode)
+            except Exception:
+                raise HarnessError(f"{f}: not an image torchvision can decode (jpeg, png, webp, gif)") from None
+            xs.append(img if tuple(img.shape[-2:]) == hw else resize(img[None], hw)[0])
+            ys.append(label)
+    if not xs:
+        raise MissingDataError(f"no images under {d}/<class>/")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 

@@ -26,6 +26,12 @@ class Registry(Generic[T]):
 
         return deco
 
+    def replace(self, name: str, obj: T) -> T:
+        """Register or redefine `name`: for entries a suite defines (its own datasets), which a later load of
+        the suite (another profile, other overrides) may define differently."""
+        self._items[normalize(name)] = obj
+        return obj
+
     def get(self, name: str) -> T:
         key = normalize(name)
         if key not in self._items:

@@ -88,7 +88,10 @@ def teacher_key(suite: Suite) -> dict:
     recipe = t.recipe.model_dump(mode="json")
     if recipe.get("time_budget_s") is None:  # added later: unset, it leaves the keys of existing teachers alone
         recipe.pop("time_budget_s", None)
-    return {"dataset": suite.dataset, "model": t.model.model_dump(mode="json"), "recipe": recipe}
+    key = {"dataset": suite.dataset, "model": t.model.model_dump(mode="json"), "recipe": recipe}
+    if suite.own_dataset():  # a suite's own data: its definition and files are part of what made the teacher
+        key["dataset_def"] = suite.own_dataset()
+    return key
 
 
 def fit_epochs(model, opt, batches, step, steps_per_epoch: int, evaluate_once, budget_s: float, max_epochs: int,

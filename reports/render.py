@@ -23,7 +23,8 @@ class Markup:
 def display(t: Table, m: Markup, with_paper: str | None = None):
     """(frame, bold, italic, rows): frame has a (label, key) row index and (dataset, column) header.
 
-    with_paper: None, "under" (a paper row under each of ours) or "delta" (a Δ column: ours - paper).
+    with_paper: None, "under" (a paper row under each of ours that the paper has) or "delta" (a Δ column:
+    ours - paper).
     rows[i] is the method key of frame row i, or "paper:<key>" for a paper row.
     """
     marks = t.notes()
@@ -46,7 +47,7 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
                 b.append(False)
         data.append(line), bold.append(b), italic.append([False] * len(b))
         index.append((m.escape(t.label(r)), r)), rows.append(r)
-        if with_paper == "under":
+        if with_paper == "under" and any(t.cells[(r, d)].paper is not None for d in t.columns):
             pl = []
             for d in t.columns:
                 p = t.cells[(r, d)].paper

@@ -14,7 +14,8 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(Heal
 BASE = read_yaml(suite_path("mnist"))
 KEYS = ["name", "dataset", "teacher", "model", "recipe", "student", "budget", "iterations", "eval_every", "seeds",
         "methods", "dfad", "kd_ori", "method", "lr_S", "batch_size", "profiles", "smoke", "quick", "run_methods",
-        "runtime", "device", "search", "low", "high", "choices", "checkpoint", "kwargs", "tracking", "wandb"]
+        "runtime", "device", "search", "low", "high", "choices", "checkpoint", "kwargs", "tracking", "wandb",
+        "datasets", "folder", "size", "channels", "mean", "std", "augment"]
 key = st.one_of(st.sampled_from(KEYS), st.text(max_size=8), st.integers(-3, 3), st.booleans(), st.none())
 scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
                    st.text(max_size=12), st.sampled_from(["mnist", "dfad", "lenet5", "nan", "-1", "[1", "{a: 1}"]))

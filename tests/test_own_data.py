@@ -1,0 +1,102 @@
+"""A suite's own dataset: `datasets:` in the suite file, the ImageFolder layout, real images (MNIST digits
+written as PNG files), through the real CLI."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from harness.errors import HarnessError
+
+
+def digits_folder(root, mnist_root, n_train=12, n_test=4, classes=(3, 5, 7)):
+    """<root>/{train,test}/digit<c>/<i>.png from MNIST's test digits; one train image 40x40 (resized on load)."""
+    from torchvision.io import write_png
+
+    from harness.data import get_dataset, resize
+
+    mnist = get_dataset("mnist").load("test", mnist_root)
+    for c in classes:
+        idx = (mnist.y == c).nonzero().flatten()
+        for split, sel in (("train", idx[:n_train]), ("test", idx[n_train:n_train + n_test])):
+            d = root / split / f"digit{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i, j in enumerate(sel.tolist()):
+                img = mnist.x[j]
+                write_png(resize(img[None], (40, 40))[0] if (split, i) == ("train", 0) else img, str(d / f"{i}.png"))
+    return root
+
+
+def suite_file(tmp_path, folder, **extra):
+    doc = {"datasets": {"digits": {"folder": str(folder), "size": [32, 32], "channels": 1, **extra}},
+           "dataset": "digits",
+           "teacher": {"model": {"name": "lenet5"}, "recipe": {"epochs": 2, "batch_size": 16, "lr": 0.05}},
+           "student": {"name": "lenet5_half"}, "budget": {"iterations": 10, "eval_every": 5}, "seeds": [0],
+           "methods": {"kd_ori": {"batch_size": 16}, "dfad": {"batch_size": 16, "nz": 16, "ngf": 8}}}
+    p = tmp_path / "own.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def cli(*args, data):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={"PATH": "/usr/bin:/bin", "DFAD_DATA": str(data), "OMP_NUM_THREADS": "2",
+                               "WANDB_MODE": "disabled", "HOME": str(data)}, timeout=600)
+
+
+def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):
+    folder = digits_folder(tmp_path / "digits", mnist_data)
+    suite, runs = suite_file(tmp_path, folder), tmp_path / "runs"
+    r = cli("run", str(suite), "--runs-dir", str(runs), data=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "profile: paper" in r.stderr  # the suite has no quick profile: paper, and said so
+    for method in ("kd_ori", "dfad"):
+        rd = runs / "own" / method / "seed-0"
+        assert '"status": "done"' in (rd / "summary.json").read_text()
+        cfg = yaml.safe_load((rd / "config.yaml").read_text())
+        assert cfg["dataset_def"]["folder"] == str(folder) and cfg["dataset_def"]["files"].startswith("digits-")
+    assert len(list((runs / "teachers").glob("digits-lenet5-*/teacher.pt"))) == 1
+    table = (runs / "own" / "report" / "table.md").read_text()
+    assert "digits Acc." in table and "*paper*" not in table  # no paper numbers: no empty paper rows
+    # decoded once: 3 classes x 12 train images, 32x32, one channel, labels from the sorted class folders
+    x = torch.load(next((tmp_path / "cache" / ".dfad-cache").glob("digits-*-train.pt")), weights_only=True)
+    assert tuple(x["x"].shape) == (36, 1, 32, 32) and x["y"].bincount().tolist() == [12, 12, 12]
+
+    again = cli("run", str(suite), "--runs-dir", str(runs), "--no-report", data=tmp_path / "cache")
+    assert again.returncode == 0 and again.stdout.count("already done") == 2, again.stdout
+    # other files are other data: the finished runs are not passed off as runs on them
+    (folder / "train" / "digit3" / "0.png").unlink()
+    changed = cli("run", str(suite), "--runs-dir", str(runs), "--no-report", data=tmp_path / "cache")
+    assert changed.returncode == 2 and "finished with a different config" in changed.stderr, changed.stderr
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda doc, f: doc["datasets"]["digits"].update(folder=str(f / "nope")), "no folder"),
+    (lambda doc, f: doc.update(datasets={"mnist": doc["datasets"]["digits"]}, dataset="mnist"), "built-in dataset"),
+    (lambda doc, f: doc["datasets"]["digits"].update(mean=[0.5, 0.5]), "mean needs one value per channel (1)"),
+    (lambda doc, f: doc.update(datasets={"my data": doc["datasets"]["digits"]}, dataset="my data"), "letters, digits"),
+])
+def test_own_dataset_errors_are_one_line(tmp_path, mnist_data, edit, fragment):
+    from harness.config import load_suite
+
+    folder = digits_folder(tmp_path / "digits", mnist_data, n_train=1, n_test=1)
+    p = suite_file(tmp_path, folder)
+    doc = yaml.safe_load(p.read_text())
+    edit(doc, folder)
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(HarnessError) as e:
+        load_suite(str(p))
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_test_class_the_train_split_lacks_is_named(tmp_path, mnist_data):
+    from harness.config import load_suite
+    from harness.data import get_dataset
+
+    folder = digits_folder(tmp_path / "digits", mnist_data, n_train=1, n_test=1)
+    (folder / "test" / "digit9").mkdir()
+    load_suite(str(suite_file(tmp_path, folder)))
+    with pytest.raises(HarnessError, match="class folder.s. digit9 not in"):
+        get_dataset("digits").load("test", tmp_path / "cache")
