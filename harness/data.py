@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .errors import HarnessError, MissingDataError
 from .registry import DATASETS, normalize
@@ -349,14 +349,36 @@ class LoaderBatches:
         pass
 
 
-def materialize(dataset: Dataset, batch_size: int = 512) -> ImageTensors:
-    """Turn a user's (x, y) Dataset into tensors once, for fast repeated evaluation."""
+def materialize(dataset, batch_size: int = 512) -> ImageTensors:
+    """A user's (image, label) pairs as tensors, once, for fast repeated evaluation: from a Dataset or a
+    DataLoader's batches. Images are tensors (as the teacher takes them) or PIL images, which are scaled to
+    [0, 1] as torchvision's ToTensor does; anything else is a one-line error."""
+    batches = dataset if isinstance(dataset, DataLoader) else DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=_pairs)
     xs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        xs.append(torch.as_tensor(x).float())
-        ys.append(torch.as_tensor(y).long())
-    y = torch.cat(ys)
-    return ImageTensors(torch.cat(xs), y, metric="miou" if y.dim() == 3 else "acc")
+    try:
+        for x, y in batches:
+            xs.append(torch.as_tensor(x).float())
+            ys.append(torch.as_tensor(y).long())
+        x, y = torch.cat(xs), torch.cat(ys)
+    except HarnessError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise HarnessError(f"test_set: expected (image, label) pairs of tensors or PIL images of one size "
+                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+    return ImageTensors(x, y, metric="miou" if y.dim() == 3 else "acc")
+
+
+def _pairs(batch):
+    """DataLoader's collate for materialize: PIL images become tensors in [0, 1]."""
+    xs = []
+    for x, _ in batch:
+        if hasattr(x, "getbands"):  # a PIL image
+            from torchvision.transforms.functional import pil_to_tensor
+
+            x = pil_to_tensor(x).float().div_(255)
+        xs.append(x)
+    return default_collate(xs), default_collate([y for _, y in batch])
 
 
 from . import segdata  # noqa: E402,F401  (CamVid, NYUv2, Caltech101 register themselves)

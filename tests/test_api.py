@@ -83,3 +83,28 @@ def test_distill_names_a_model_that_does_not_fit():
         else:
             raise AssertionError(f"no error for {fragment!r}")
         assert student.training  # the check leaves the model's mode as it was
+
+
+def test_test_set_as_pil_images_or_a_dataloader():
+    """What users hand over: torchvision datasets without a transform (PIL images) and DataLoaders."""
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from harness.data import materialize
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (6, 3, 5, 4), dtype=torch.uint8, generator=g)
+    pil = [(Image.fromarray(im.permute(1, 2, 0).numpy()), i % 3) for i, im in enumerate(imgs)]
+    a = materialize(pil)
+    assert torch.equal(a.x, imgs.float() / 255) and a.y.tolist() == [0, 1, 2, 0, 1, 2]  # as ToTensor gives them
+    b = materialize(DataLoader([(im.float(), i) for i, im in enumerate(imgs)], batch_size=4))
+    assert torch.equal(b.x, imgs.float()) and b.y.tolist() == list(range(6))
+    seg = materialize([(torch.zeros(3, 4, 4), torch.ones(4, 4, dtype=torch.long))] * 3)  # label maps stay maps
+    assert seg.metric == "miou" and tuple(seg.y.shape) == (3, 4, 4)
+    for bad in ([("an image", 1)], [(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 9, 9), 1)], [1, 2]):
+        try:
+            materialize(bad)
+        except HarnessError as e:
+            assert str(e).startswith("test_set: expected (image, label) pairs") and "\n" not in str(e)
+        else:
+            raise AssertionError(f"no error for {bad!r}")
