@@ -327,7 +327,8 @@ class LoaderBatches:
     def __init__(self, dataset: Dataset, batch_size: int, device, seed: int = 0, workers: int = 0):
         g = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=g,
-                                 num_workers=workers, pin_memory=torch.device(device).type == "cuda")
+                                 num_workers=workers, pin_memory=torch.device(device).type == "cuda",
+                                 collate_fn=_pairs)  # PIL images as ToTensor makes them, as for test sets
         self.device = device
         self._it = iter(self.loader)
 

@@ -99,6 +99,9 @@ def test_test_set_as_pil_images_or_a_dataloader():
     assert torch.equal(a.x, imgs.float() / 255) and a.y.tolist() == [0, 1, 2, 0, 1, 2]  # as ToTensor gives them
     b = materialize(DataLoader([(im.float(), i) for i, im in enumerate(imgs)], batch_size=4))
     assert torch.equal(b.x, imgs.float()) and b.y.tolist() == list(range(6))
+    res = harness.distill(TinyNet(c=3, k=3), TinyNet(c=3, k=3), method="kd_ori", test_set=pil, train_set=pil,
+                          iterations=2, eval_every=2, batch_size=2, precision="fp32")
+    assert [r["iteration"] for r in res.history] == [2]  # KD on a PIL train set
     seg = materialize([(torch.zeros(3, 4, 4), torch.ones(4, 4, dtype=torch.long))] * 3)  # label maps stay maps
     assert seg.metric == "miou" and tuple(seg.y.shape) == (3, 4, 4)
     for bad in ([("an image", 1)], [(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 9, 9), 1)], [1, 2]):
