@@ -1,6 +1,6 @@
 """`dfad-bench tune`: an Optuna study over one method's search space (the suite's `search.<method>`).
 
-The objective is student accuracy on a validation split held out from the training set (its last 10%),
+The objective is student accuracy on a validation split held out from the training set (10% of each class),
 never the test set; it is reported at every evaluation so the pruner can stop bad trials. Workers share
 one storage: a journal file under the runs dir (several processes on one machine) or an RDB URL (many
 machines). Each trial is a W&B run too. The study ends as a YAML overlay for `run --params` and plots.
@@ -21,17 +21,37 @@ import typer
 from .errors import HarnessError
 
 VAL_FRACTION = 0.1
+SPLIT = f"a class-stratified {VAL_FRACTION:.0%} (fixed seed)"  # recorded in the study: trials must share a split
 
 
 def split_train(spec):
-    """(fit, val): the training images minus their last 10%, and that 10%."""
+    """(fit, val): the training images minus a held-out 10% of each class, and that 10%. Drawn with a fixed
+    seed, so every worker holds out the same images, and per class, so class-sorted data (an ImageFolder's,
+    Caltech101's) is held out evenly rather than as its last classes. Segmentation maps: a plain 10%."""
+    import torch
+
     from .data import ImageTensors
 
     data = spec.load("train")
-    k = max(1, int(len(data) * VAL_FRACTION))
-    cut = len(data) - k
-    return (ImageTensors(data.x[:cut], data.y[:cut], data.mean, data.std),
-            ImageTensors(data.x[cut:], data.y[cut:], data.mean, data.std))
+    n = len(data)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    if data.y.dim() == 1:
+        perm = perm[torch.sort(data.y[perm], stable=True).indices]  # by class, random within each
+        held, start = [], 0
+        for count in torch.unique_consecutive(data.y[perm], return_counts=True)[1].tolist():
+            k = max(1, round(count * VAL_FRACTION)) if count >= 2 else 0
+            held.append(perm[start:start + k])
+            start += count
+        held = torch.cat(held)
+    else:
+        held = perm[:max(1, int(n * VAL_FRACTION))]
+    if len(held) == 0 or len(held) == n:
+        raise HarnessError(f"{spec.name}: too few training images ({n}) to hold out a validation split")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    val = held.sort().values
+    return (ImageTensors(data.x[keep], data.y[keep], data.mean, data.std, data.metric),
+            ImageTensors(data.x[val], data.y[val], data.mean, data.std, data.metric))
 
 
 def open_storage(url: str | None, runs_dir: Path, study: str):
@@ -183,8 +203,11 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     make_pruner(pruner, suite, trials)  # a bad --pruner fails here, not in every worker
     st = optuna.create_study(study_name=study, storage=open_storage(storage, runs_dir, study), direction="maximize",
                              load_if_exists=True)
-    st.set_user_attr("objective", f"best student accuracy on the last {VAL_FRACTION:.0%} of "
-                                  f"{suite.dataset}'s training set")
+    objective = f"best student accuracy on {SPLIT} of {suite.dataset}'s training set"
+    if st.user_attrs.get("objective", objective) != objective:  # e.g. a study from before the split changed
+        raise HarnessError(f"study {study} was scored on another validation split ({st.user_attrs['objective']}); "
+                           f"its trials cannot be compared with new ones: give --study a new name")
+    st.set_user_attr("objective", objective)
     env.apply_runtime(suite.runtime)
     ensure_teacher(suite, runs_dir, env.runtime_device(suite.runtime), log)  # once, before workers race on it
     jobs = min(jobs, trials)

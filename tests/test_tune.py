@@ -3,6 +3,7 @@ submitit launcher's local executor."""
 import json
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -60,8 +61,36 @@ def test_objective_never_sees_the_test_set():
     spec = get_dataset("mnist")
     train = spec.load("train")
     fit, val = split_train(spec)
-    assert len(fit) + len(val) == len(train) and len(val) == len(train) // 10
-    assert (val.x == train.x[-len(val):]).all()  # the last 10% of the training images, not the test set
+    assert len(fit) + len(val) == len(train) and abs(len(val) - len(train) // 10) <= 10  # (rounded per class)
+    # every held-out image is a training image (random projections of the pixels as fingerprints), and none
+    # is also fitted on
+    w = torch.randint(1, 2 ** 20, (train.x[0].numel(),), generator=torch.Generator().manual_seed(1))
+    sums = lambda d: (d.x.flatten(1).long() * w).sum(1) * 10 + d.y  # noqa: E731
+    assert set(sums(val).tolist()) <= set(sums(train).tolist())
+    assert len(set(sums(val).tolist()) & set(sums(fit).tolist())) < len(val) // 100  # (a few identical digits)
+    counts, held = train.y.bincount(), val.y.bincount()
+    assert ((held - counts * 0.1).abs() <= 1).all()  # 10% of each class
+    again = split_train(spec)[1]
+    assert torch.equal(again.x, val.x)  # every worker holds out the same images
+
+
+def test_class_sorted_data_is_held_out_from_every_class():
+    """An ImageFolder's training set comes sorted by class: its last 10% would be one class."""
+    from harness.data import ImageTensors
+    from harness.tune import split_train
+
+    y = torch.arange(5).repeat_interleave(20)  # 5 classes x 20, sorted
+    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 1, 2, 2).contiguous()
+
+    class Sorted:  # what split_train uses of a dataset spec
+        name = "sorted"
+
+        def load(self, split):
+            return ImageTensors(x, y, (0.5,), (0.5,))
+
+    fit, val = split_train(Sorted())
+    assert val.y.bincount().tolist() == [2] * 5 and fit.y.bincount().tolist() == [18] * 5
+    assert sorted(fit.x[:, 0, 0, 0].tolist() + val.x[:, 0, 0, 0].tolist()) == list(range(100))
 
 
 def test_storage_and_search_errors_are_one_line(tmp_path):
@@ -92,3 +121,16 @@ def test_run_with_the_local_launcher(runs):
     assert summary["status"] == "done" and summary["wandb_mode"] == "offline"
     assert list((runs / "submitit" / "mnist").glob("*_log.out"))
 
+
+
+def test_a_study_scored_on_another_split_is_not_extended(tmp_path):
+    import optuna
+
+    from harness.tune import open_storage, tune
+
+    suite = load_suite("mnist", "smoke", TINY)
+    name = f"{suite.name}-dfad-{suite.profile}"
+    old = optuna.create_study(study_name=name, storage=open_storage(None, tmp_path, name), direction="maximize")
+    old.set_user_attr("objective", "best student accuracy on the last 10% of mnist's training set")
+    with pytest.raises(HarnessError, match="another validation split .* give --study a new name"):
+        tune(suite, "dfad", 1, runs_dir=tmp_path)
