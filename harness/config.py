@@ -76,7 +76,7 @@ class TeacherRecipe(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: Optional[bool] = None  # None: the dataset's own training augmentation
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    train_subset: Optional[int] = Field(None, gt=0)  # first N training images only (smoke profiles)
+    train_subset: Optional[int] = Field(None, gt=0)  # N training images drawn with the seed (smoke profiles)
     # as many epochs (at most `epochs`) as fit in this many seconds, from a timing of the step on this
     # machine; the schedule spans the epochs chosen. Left out of the cache key when unset.
     time_budget_s: Optional[float] = Field(None, gt=0)

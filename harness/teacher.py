@@ -89,6 +89,8 @@ def teacher_key(suite: Suite) -> dict:
     if recipe.get("time_budget_s") is None:  # added later: unset, it leaves the keys of existing teachers alone
         recipe.pop("time_budget_s", None)
     key = {"dataset": suite.dataset, "model": t.model.model_dump(mode="json"), "recipe": recipe}
+    if recipe.get("train_subset"):  # was the first N images: a teacher cached then is another teacher
+        key["train_subset_draw"] = "random, recipe seed"
     if suite.own_dataset():  # a suite's own data: its definition and files are part of what made the teacher
         key["dataset_def"] = suite.own_dataset()
     return key
@@ -125,6 +127,13 @@ def fit_epochs(model, opt, batches, step, steps_per_epoch: int, evaluate_once, b
     return epochs
 
 
+def draw_subset(data: ImageTensors, n: int, seed: int) -> ImageTensors:
+    """n images drawn with the seed (in their stored order), not the first n: sets made from folders (CIFAR's
+    JPEGs here, Caltech101, a suite's own data) are sorted by class."""
+    keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return ImageTensors(data.x[keep], data.y[keep], data.mean, data.std, data.metric)
+
+
 def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print,
                   channels_last: bool = False) -> tuple[nn.Module, float, float, int]:
     """Supervised training with the recipe; returns (model, test accuracy, seconds, epochs run).
@@ -133,7 +142,7 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
     precision = env.resolve_precision(recipe.precision, device)
     train, test = spec.load("train"), spec.load("test")
     if recipe.train_subset:
-        train = ImageTensors(train.x[: recipe.train_subset], train.y[: recipe.train_subset], train.mean, train.std)
+        train = draw_subset(train, recipe.train_subset, recipe.seed)
     augment = spec.augment if recipe.augment in (None, True) else "none"
     if recipe.augment is True and augment == "none":
         augment = "crop_flip"

@@ -133,3 +133,20 @@ def test_teacher_training_is_reproducible_across_processes(tmp_path, mnist_data)
         assert r.returncode == 0, r.stderr
         got.append(torch.load(next((tmp_path / str(i) / "teachers").glob("*/teacher.pt")), weights_only=True))
     assert all(torch.equal(v, got[1][k]) for k, v in got[0].items())
+
+
+def test_train_subset_is_drawn_from_every_class():
+    """The first N of a class-sorted set (an ImageFolder's) would be its first classes only."""
+    from harness.config import load_suite
+    from harness.data import ImageTensors
+    from harness.teacher import draw_subset, teacher_key
+
+    y = torch.arange(5).repeat_interleave(20)
+    data = ImageTensors(torch.arange(100).view(100, 1, 1, 1), y, (0.5,), (0.5,))
+    a, b = draw_subset(data, 20, seed=0), draw_subset(data, 20, seed=0)
+    assert len(a) == 20 and set(a.y.tolist()) == set(range(5)) and torch.equal(a.x, b.x)
+    assert torch.equal(a.y, y[a.x.flatten()])  # images keep their labels
+    assert not torch.equal(draw_subset(data, 20, seed=1).x, a.x)
+    # a teacher cached when the subset was the first N is another teacher: the key says how it is drawn
+    assert "train_subset_draw" in teacher_key(load_suite("mnist", "smoke"))
+    assert "train_subset_draw" not in teacher_key(load_suite("mnist", "paper"))
