@@ -37,10 +37,10 @@ def _csv(text: str | None, cast=str, what="list") -> list | None:
 def _load(suite, profile, overrides, methods=None, seeds=None, params=None, announce=True):
     import methods as _  # noqa: F401  (register every method)
 
-    from .config import default_profile, load_suite
+    from .config import default_profile, load_suite, read_yaml, suite_path
 
     if profile is None and announce:
-        name, why = default_profile(suite)
+        name, why = default_profile(read_yaml(suite_path(suite)).get("profiles"))
         typer.echo(f"profile: {name} ({why}; --profile paper|quick|smoke to choose)", err=True)
     return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params)
 

@@ -240,8 +240,8 @@ class Suite(Strict):
         """The resolved config of one run: what config.yaml holds and what identifies the run."""
         d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "notes", "description",
                                                             "tracking", "search", "datasets"})
-        if self.own_dataset():  # only then: the configs (and hashes) of runs on built-in data stay as they were
-            d["dataset_def"] = self.own_dataset()
+        if own := self.own_dataset():  # only then: the configs (and hashes) of runs on built-in data stay as they were
+            d["dataset_def"] = own
         d.update(method=method, seed=seed, params=self.method_params(method).model_dump(mode="json"))
         cls = method_of(method, self.methods.get(method))
         if cls != method:  # a variant: record which registered method runs it
@@ -324,14 +324,13 @@ def apply_override(data: dict, parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def default_profile(suite: str | None = None) -> tuple[str, str]:
-    """`paper` with CUDA, `quick` without, and `paper` for a suite (name or file) that has no quick profile."""
+def default_profile(profiles=None) -> tuple[str, str]:
+    """`paper` with CUDA, `quick` without, and `paper` for a suite whose `profiles` has no quick one."""
     import torch
 
     if torch.cuda.is_available():
         return "paper", "CUDA is available"
-    profiles = read_yaml(suite_path(suite)).get("profiles") if suite is not None else None
-    if suite is not None and not (isinstance(profiles, dict) and "quick" in profiles):
+    if not (isinstance(profiles, dict) and "quick" in profiles):
         return "paper", "no CUDA device, and the suite has no quick profile"
     return "quick", "no CUDA device"
 
@@ -344,7 +343,7 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict):
         raise HarnessError(f"{path}: 'profiles' must be a mapping")
-    profile = profile or default_profile(name_or_path)[0]
+    profile = profile or default_profile(profiles)[0]
     if profile != "paper":
         if profile not in profiles:
             raise HarnessError(unknown("profile", profile, ["paper", *profiles]) + f" (suite {path.stem})")

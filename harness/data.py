@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .errors import HarnessError, MissingDataError
+from .errors import HarnessError, MissingDataError, first_line
 from .registry import DATASETS, normalize
 
 
@@ -144,17 +144,31 @@ def _stack_pil(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
-def _image_folder(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, int] | None = None,
+                  channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """`<root>/<class>/<image>` decoded: labels follow `classes` (default: root's subfolders, sorted; a
+    subfolder not among them is an error), images resized to `hw` where given, 1 or 3 channels."""
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = found if classes is None else classes
+    extra = sorted(set(found) - set(classes))
+    if extra:
+        raise HarnessError(f"{root}: class folder(s) {', '.join(extra[:3])} not in the training classes")
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     xs, ys = [], []
     for label, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            xs.append(decode_image(read_file(str(f)), mode=ImageReadMode.RGB))
+        for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            try:
+                img = decode_image(read_file(str(f)), mode=mode)
+            except Exception:
+                raise HarnessError(f"{f}: not an image torchvision can decode (jpeg, png, webp, gif)") from None
+            xs.append(img if hw is None or tuple(img.shape[-2:]) == hw else resize(img[None], hw)[0])
             ys.append(label)
     if not xs:
-        raise MissingDataError(f"no images under {root}")
+        raise MissingDataError(f"no images under {root}/<class>/")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
@@ -190,29 +204,10 @@ def register_folder(name: str, cfg) -> DatasetSpec:
 
 
 def _folder_split(folder: Path, split: str, classes: list[str], hw: tuple[int, int], channels: int):
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     d = folder / split
     if not d.is_dir():
         raise MissingDataError(f"no folder {d} (expects {folder}/{{train,test}}/<class>/<image>)")
-    extra = sorted({p.name for p in d.iterdir() if p.is_dir()} - set(classes))
-    if extra:
-        raise HarnessError(f"{d}: class folder(s) {', '.join(extra[:3])} not in {folder / 'train'}")
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    xs, ys = [], []
-    for label, c in enumerate(classes):
-        for f in sorted((d / c).iterdir()) if (d / c).is_dir() else []:
-            if not f.is_file() or f.name.startswith("."):
-                continue
-            try:
-                img = decode_image(read_file(str(f)), mode=mode)
-            except Exception:
-                raise HarnessError(f"{f}: not an image torchvision can decode (jpeg, png, webp, gif)") from None
-            xs.append(img if tuple(img.shape[-2:]) == hw else resize(img[None], hw)[0])
-            ys.append(label)
-    if not xs:
-        raise MissingDataError(f"no images under {d}/<class>/")
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+    return _image_folder(d, classes, hw, channels)
 
 
 def _mnist(root: Path, split: str):
@@ -243,7 +238,7 @@ def _cifar(name: str, cls_name: str):
     def load(root: Path, split: str):
         folder = root / name / split
         if folder.is_dir():
-            return _image_folder(folder, split)
+            return _image_folder(folder)
         import torchvision.datasets as tvd
 
         ds = _torchvision(name, getattr(tvd, cls_name), root,
@@ -366,7 +361,7 @@ def materialize(dataset, batch_size: int = 512) -> ImageTensors:
         raise
     except (TypeError, ValueError, RuntimeError) as e:
         raise HarnessError(f"test_set: expected (image, label) pairs of tensors or PIL images of one size "
-                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+                           f"({type(e).__name__}: {first_line(e)[:160]})") from None
     return ImageTensors(x, y, metric="miou" if y.dim() == 3 else "acc")
 
 

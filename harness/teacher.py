@@ -91,8 +91,8 @@ def teacher_key(suite: Suite) -> dict:
     key = {"dataset": suite.dataset, "model": t.model.model_dump(mode="json"), "recipe": recipe}
     if recipe.get("train_subset"):  # was the first N images: a teacher cached then is another teacher
         key["train_subset_draw"] = "random, recipe seed"
-    if suite.own_dataset():  # a suite's own data: its definition and files are part of what made the teacher
-        key["dataset_def"] = suite.own_dataset()
+    if own := suite.own_dataset():  # a suite's own data: its definition and files are part of what made the teacher
+        key["dataset_def"] = own
     return key
 
 
