@@ -126,6 +126,16 @@ CASES = [
          for s in ("train", "test")],
         suite_file(GOOD_SUITE.replace("dataset: mnist\n", f"datasets: {{mine: {{folder: {t}/own, channels: 1}}}}\n"
                                                             "dataset: mine\n", 1))(t))),
+    Case("own dataset: a class folder with no images", ["run", "{t}/s.yaml", *SMOKE, *FRESH], setup=lambda t: (
+        [(t / "own" / s / c).mkdir(parents=True) for s in ("train", "test") for c in ("a", "b")],
+        (t / "own" / "train" / "a" / "Thumbs.db").write_text("not an image"),
+        suite_file(GOOD_SUITE.replace("dataset: mnist\n", f"datasets: {{mine: {{folder: {t}/own, channels: 1}}}}\n"
+                                                            "dataset: mine\n", 1))(t))),
+    Case("own dataset: a test class the training split lacks", ["validate", "{t}/s.yaml"], setup=lambda t: (
+        [(t / "own" / s / c).mkdir(parents=True) for s, c in (("train", "a"), ("test", "a"), ("test", "z"))],
+        (t / "own" / "train" / "a" / "x.png").write_text("decoded only when a run starts"),
+        suite_file(GOOD_SUITE.replace("dataset: mnist\n", f"datasets: {{mine: {{folder: {t}/own, channels: 1}}}}\n"
+                                                            "dataset: mine\n", 1))(t))),
     Case("unknown key (override)", ["run", "mnist", *SMOKE, *R, "budget.iteratons=5"]),
     Case("unknown method hyperparameter", ["run", "mnist", *SMOKE, *R, "methods.dfad.lr_s=0.1"]),
     Case("wrong type in suite", ["run", "{t}/s.yaml", *SMOKE, *R], setup=suite_file(GOOD_SUITE.replace("student: {name: lenet5_half}", "student: [lenet5_half]"))),
@@ -133,6 +143,11 @@ CASES = [
     Case("section given a scalar", ["run", "mnist", *SMOKE, *R, "budget=5"]),
     Case("negative learning rate", ["run", "mnist", *SMOKE, *R, "methods.dfad.lr_S=-0.1"]),
     Case("batch size 0", ["run", "mnist", *SMOKE, *R, "methods.dfad.batch_size=0"]),
+    Case("infinite learning rate", ["run", "mnist", *SMOKE, *R, "methods.dfad.lr_S=inf"]),
+    Case("learning-rate milestone past the budget", ["run", "mnist", *SMOKE, *R, "methods.dfad.schedule=multistep",
+                                                     "methods.dfad.milestones=[100,150]"]),
+    Case("method label that is a path", ["run", "{t}/s.yaml", *SMOKE, *R],
+         setup=suite_file(GOOD_SUITE.replace("methods:\n", "methods:\n  ../escape: {method: dfad}\n", 1))),
     Case("iterations 0", ["run", "mnist", *SMOKE, *R, "budget.iterations=0"]),
     Case("CUDA graph on a CPU device", ["run", "mnist", *SMOKE, *R, "runtime.device=cpu", "runtime.cuda_graph=true"]),
     Case("CUDA graph and compile together", ["run", "mnist", *SMOKE, *R, "runtime.cuda_graph=true", "runtime.compile=true"]),
@@ -165,6 +180,10 @@ CASES = [
     Case("override into a scalar", ["run", "mnist", *SMOKE, *R, "dataset.name=mnist"]),
     Case("bad --seeds list", ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds", "0,one", *R]),
     Case("empty --seeds list", ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds", ",", *R]),
+    Case("seed given twice", ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds", "0,0", *R]),
+    Case("negative seed", ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds=-1", *R]),
+    Case("override for a method --methods leaves out", ["run", "mnist", *SMOKE, *R, "methods.dfda.lr_S=0.1"]),
+    Case("validate: checkpoint path missing", ["validate", "mnist", "teacher.checkpoint={t}/none.pt"]),
     Case("empty --methods list", ["run", "mnist", "--profile", "smoke", "--methods", ",", *R]),
     Case("malformed --params file", ["run", "mnist", *SMOKE, *R, "--params", "{t}/p.yaml"],
          setup=lambda t: (t / "p.yaml").write_text("methods: {dfad: [\n")),

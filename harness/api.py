@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn as nn
-from pydantic import ValidationError
-from torch.utils.data import Dataset
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch.utils.data import DataLoader, Dataset
 
 from . import env
 from .config import one_line
-from .data import ImageTensors, LoaderBatches, TensorBatches, get_dataset, materialize
-from .errors import HarnessError
+from .data import ImageTensors, LoaderBatches, TensorBatches, collate_pairs, get_dataset, materialize
+from .errors import HarnessError, first_line
 from .fold import fold_batchnorm
 from .loop import LoopResult, run_loop
-from .models import check_fits
+from .models import check_fits, check_same_output
 from .method import Context, Method
 from .registry import METHODS
 
@@ -49,6 +49,9 @@ def training_batches(ctx: Context, source: Optional[str], batch_size: int):
     name = source or ctx.dataset
     if name is None:
         raise HarnessError("this method needs training data: pass train_set= (or a dataset name as `data`)")
+    if ctx.dataset is None:  # distill(): images are normalised as the suite's data are, and there is no suite
+        raise HarnessError(f"data={name!r}: distill() does not know how your teacher's inputs are normalised; "
+                           f"pass train_set= (a Dataset of {name} images prepared as your teacher takes them)")
     spec = get_dataset(name)
     data = spec.load("train")
     target = get_dataset(ctx.dataset) if ctx.dataset else spec
@@ -97,6 +100,17 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
                    dataset=dataset, train_set=train_set)
 
 
+class DistillArgs(BaseModel):
+    """distill()'s own arguments, checked as a suite file's budget and runtime are."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    seed: int
+    iterations: int = Field(gt=0)
+    eval_every: int = Field(gt=0)
+    precision: Literal["auto", "fp32", "bf16"]
+    channels_last: Literal["auto", "on", "off"]
+
+
 def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_set: Dataset | ImageTensors = None,
             input_shape=None, num_classes: int | None = None, seed: int = 0, train_set: Dataset | None = None,
             device: str = "auto", precision: str = "auto", channels_last: str = "auto",
@@ -104,20 +118,93 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
     """Distil `teacher` into `student` with a registered method; returns best/final accuracy,
     the per-evaluation history and the trained student.
 
-    Hyperparameters go by the suite files' names (`batch_size=`, `lr_S=`, `nz=`, ...); the teacher is
-    frozen and the student is trained in place.
+    Hyperparameters go by the suite files' names (`batch_size=`, `lr_S=`, `nz=`, ...). Both models move to
+    the device. The teacher is frozen for the run and given back as it came (mode, requires_grad, layout);
+    the student is trained in place and returned in eval mode. The caller's random number generators are
+    left as they were.
     """
+    try:
+        DistillArgs(seed=seed, iterations=iterations, eval_every=eval_every, precision=precision,
+                    channels_last=channels_last)
+    except ValidationError as e:
+        raise HarnessError(f"distill: {one_line(e)}") from None
+    dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # reading data draws numbers too
+        test, input_shape, num_classes = check_inputs(teacher, student, test_set, train_set, input_shape, num_classes)
+        kept = [ModuleState(teacher), ModuleState(student)]
+        try:
+            ctx = build_context(teacher, student, input_shape, num_classes, seed, iterations, dev, precision,
+                                channels_last, train_set=train_set)
+            m = make_method(method, ctx, hyperparameters)
+            m.setup()
+            result = run_loop(m, test, iterations, eval_every, on_eval=on_eval)
+        finally:
+            for k in kept:
+                k.restore()
+    result.student.eval()
+    return result
+
+
+def check_inputs(teacher, student, test_set, train_set, input_shape, num_classes):
+    """distill()'s data and models against each other, before anything is built: one-line errors for what would
+    otherwise fail late or broadcast silently. Returns the test set as tensors, the input shape and class count."""
     if test_set is None:
         raise HarnessError("distill needs test_set= (a Dataset of (image, label) pairs)")
+    if teacher is student:
+        raise HarnessError("distill: teacher and student are the same module; pass a separate student")
     test = test_set if isinstance(test_set, ImageTensors) else materialize(test_set)
-    if input_shape is None:
-        input_shape = tuple(test.x.shape[1:])
+    data_shape = tuple(test.x.shape[1:])
+    input_shape = data_shape if input_shape is None else tuple(input_shape)
     if len(input_shape) != 3:
-        raise HarnessError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-    num_classes = check_fits(teacher, "teacher", input_shape, num_classes, "input_shape")  # None: its output says
-    check_fits(student, "student", input_shape, num_classes, "input_shape")
-    ctx = build_context(teacher, student, input_shape, num_classes, seed, iterations, device, precision,
-                        channels_last, train_set=train_set)
-    m = make_method(method, ctx, hyperparameters)
-    m.setup()
-    return run_loop(m, test, iterations, eval_every, on_eval=on_eval)
+        raise HarnessError(f"input_shape must be (C, H, W), got {input_shape}")
+    if input_shape != data_shape:
+        raise HarnessError(f"input_shape {input_shape} but test_set's images are {data_shape}")
+    if train_set is not None:
+        check_train_set(train_set, input_shape)
+    t_out = check_fits(teacher, "teacher", input_shape, num_classes, "input_shape")  # no num_classes: it says
+    num_classes = t_out[0]
+    check_same_output(t_out, check_fits(student, "student", input_shape, num_classes, "input_shape"), "input_shape")
+    if test.metric == "acc" and len(test) and not 0 <= int(test.y.min()) <= int(test.y.max()) < num_classes:
+        raise HarnessError(f"test_set's labels run {int(test.y.min())}..{int(test.y.max())}, "
+                           f"but the teacher has {num_classes} classes")
+    return test, input_shape, num_classes
+
+
+def check_train_set(train_set, input_shape: tuple) -> None:
+    """The first (image, label) pair of a user's train_set, read as training will read it: one-line errors
+    for what it cannot be, and for images of another shape than the test set's."""
+    if isinstance(train_set, ImageTensors):
+        shape = tuple(train_set.x.shape[1:])
+    else:
+        try:
+            loader = train_set if isinstance(train_set, DataLoader) else DataLoader(
+                train_set, batch_size=1, collate_fn=collate_pairs)
+            x, _ = next(iter(loader))
+            shape = tuple(torch.as_tensor(x).shape[1:])
+        except StopIteration:
+            raise HarnessError("train_set is empty") from None
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as e:
+            raise HarnessError(f"train_set: expected (image, label) pairs of tensors or PIL images "
+                               f"({type(e).__name__}: {first_line(e)[:160]})") from None
+    if shape != tuple(input_shape):
+        raise HarnessError(f"train_set's images are {shape} but the test set's (input_shape) are {tuple(input_shape)}")
+
+
+class ModuleState:
+    """What a run changes on a caller's module besides its weights: train/eval mode, requires_grad flags and
+    the weights' memory format (channels-last); `restore` puts them back."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.training = module, module.training
+        self.requires_grad = [p.requires_grad for p in module.parameters()]
+        cl = torch.channels_last  # weights whose two layouts differ (not 1x1 ones) say which the module had
+        convs = [p for p in module.parameters()
+                 if p.dim() == 4 and not (p.is_contiguous() and p.is_contiguous(memory_format=cl))]
+        self.channels_last = bool(convs) and all(p.is_contiguous(memory_format=cl) for p in convs)
+
+    def restore(self) -> None:
+        m = self.module
+        m.train(self.training)
+        for p, flag in zip(m.parameters(), self.requires_grad):
+            p.requires_grad_(flag)
+        m.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

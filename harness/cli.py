@@ -40,8 +40,11 @@ def _load(suite, profile, overrides, methods=None, seeds=None, params=None, anno
     from .config import default_profile, load_suite, read_yaml, suite_path
 
     if profile is None and announce:
-        name, why = default_profile(read_yaml(suite_path(suite)).get("profiles"))
-        typer.echo(f"profile: {name} ({why}; --profile paper|quick|smoke to choose)", err=True)
+        profiles = read_yaml(suite_path(suite)).get("profiles")
+        name, why = default_profile(profiles)
+        names = ["paper", *(profiles if isinstance(profiles, dict) else [])]
+        choose = f"--profile {'|'.join(names)} to choose" if len(names) > 1 else "the suite has no other profiles"
+        typer.echo(f"profile: {name} ({why}; {choose})", err=True)
     return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params)
 
 
@@ -89,10 +92,13 @@ def run(suite: str = typer.Argument(..., help="suite name in benchmarks/ or path
         outcome = launch(s, runs_dir, force, launcher, log=lambda m: typer.echo(m, err=True))
     else:
         outcome = run_suite(s, runs_dir, force, callbacks=trackers(s, runs_dir))
-    if report:
-        _report(s, runs_dir)
+    if report:  # the suite's whole table, not only the methods this command ran (--methods)
+        _report(_load(suite, profile, overrides, None, seeds, str(params) if params else None, announce=False)
+                if methods else s, runs_dir)
     for line in outcome.messages():
         typer.echo(line, err=True)
+    if outcome.crashed:  # diverged or not-applicable runs are results (FAILED, n/a); a crash measured nothing
+        raise typer.Exit(1)
 
 
 def _report(s, runs_dir, metric="best"):

@@ -5,6 +5,7 @@ A suite's top level holds the `paper` settings; `profiles.<name>` overlays them 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -190,6 +191,21 @@ class Suite(Strict):
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
     search: dict[str, dict[str, SearchParam]] = Field(default_factory=dict)  # per method, for `tune`
 
+    @field_validator("methods")
+    @classmethod
+    def _method_names(cls, v):
+        for name in v:  # a label names its runs' folder and override paths (methods.<label>.<key>)
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+                raise ValueError(f"method name {name!r}: use letters, digits, '_' and '-' (it names folders)")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_values(cls, v):
+        if any(s < 0 for s in v) or len(set(v)) < len(v):
+            raise ValueError(f"seeds {v}: each seed once, none negative")
+        return v
+
     @field_validator("datasets")
     @classmethod
     def _own_names(cls, v):
@@ -242,11 +258,31 @@ class Suite(Strict):
                                                             "tracking", "search", "datasets"})
         if own := self.own_dataset():  # only then: the configs (and hashes) of runs on built-in data stay as they were
             d["dataset_def"] = own
+        if self.teacher.checkpoint and (digest := file_digest(self.teacher.checkpoint)):
+            d["teacher_sha256"] = digest  # the weights, not the path: a file replaced under one name is another teacher
         d.update(method=method, seed=seed, params=self.method_params(method).model_dump(mode="json"))
         cls = method_of(method, self.methods.get(method))
         if cls != method:  # a variant: record which registered method runs it
             d["method_class"] = cls
         return d
+
+
+def file_digest(path: str) -> str | None:
+    """sha256 (16 hex digits) of a file's bytes, None if there is no such file; computed once per version."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return _digest(str(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def method_of(label: str, entry: dict | None) -> str:
@@ -366,6 +402,7 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         known = raw.get("methods") or {}
         if not isinstance(known, dict):
             raise HarnessError(f"{path}: methods must be a mapping of method names (got {known!r})")
+        validate(raw, str(path))  # every entry, also those --methods leaves out: an override's typo is not ignored
         for m in methods:
             if m not in known:
                 METHODS.get(m)

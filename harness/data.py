@@ -159,7 +159,7 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
     xs, ys = [], []
     for label, c in enumerate(classes):
         for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
-            if not f.is_file() or f.name.startswith("."):
+            if not _is_image_file(f):
                 continue
             try:
                 img = decode_image(read_file(str(f)), mode=mode)
@@ -170,6 +170,11 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
     if not xs:
         raise MissingDataError(f"no images under {root}/<class>/")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def _is_image_file(f: Path) -> bool:
+    """Files an image folder holds besides images are skipped: hidden ones and the OS's thumbnails/settings."""
+    return f.is_file() and not f.name.startswith(".") and f.name.lower() not in ("thumbs.db", "desktop.ini")
 
 
 _OWN: set[str] = set()  # names registered from suites' `datasets:` sections
@@ -191,6 +196,16 @@ def register_folder(name: str, cfg) -> DatasetSpec:
     classes = sorted(p.name for p in train.iterdir() if p.is_dir())
     if not classes:
         raise MissingDataError(f"dataset {name!r}: no class folders under {train} ({layout})")
+    empty = [c for c in classes if not any(map(_is_image_file, (train / c).iterdir()))]
+    if empty:  # an extra output for a class with no images; often a copy still running
+        raise HarnessError(f"dataset {name!r}: class folder(s) {', '.join(empty[:3])} under {train} have no images")
+    test = folder / "test"
+    if not test.is_dir():
+        raise MissingDataError(f"dataset {name!r}: no folder {test} ({layout})")
+    extra = sorted({p.name for p in test.iterdir() if p.is_dir()} - set(classes))
+    if extra:
+        raise HarnessError(f"dataset {name!r}: class folder(s) {', '.join(extra[:3])} under {test} "
+                           f"are not among the training classes")
     stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") if (folder / split).is_dir()
               for p in sorted((folder / split).iterdir()) if p.is_dir()]
     h, w = cfg.size
@@ -317,13 +332,21 @@ class TensorBatches:
 
 
 class LoaderBatches:
-    """Endless batches from a user's torch Dataset (its own transforms kept)."""
+    """Endless batches from a user's torch Dataset (its own transforms kept), or from their DataLoader as it is."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device, seed: int = 0, workers: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=g,
-                                 num_workers=workers, pin_memory=torch.device(device).type == "cuda",
-                                 collate_fn=_pairs)  # PIL images as ToTensor makes them, as for test sets
+        if isinstance(dataset, DataLoader):
+            self.loader = dataset
+        else:
+            n = len(dataset) if hasattr(dataset, "__len__") else None
+            if n == 0:
+                raise HarnessError("train_set is empty")
+            g = torch.Generator().manual_seed(seed)
+            # a set smaller than the batch gives batches of all of it (drop_last would give none)
+            self.loader = DataLoader(dataset, batch_size=min(batch_size, n or batch_size), shuffle=True,
+                                     drop_last=True, generator=g, num_workers=workers,
+                                     pin_memory=torch.device(device).type == "cuda",
+                                     collate_fn=collate_pairs)  # PIL images as ToTensor makes them, as for test sets
         self.device = device
         self._it = iter(self.loader)
 
@@ -335,8 +358,11 @@ class LoaderBatches:
             x, y = next(self._it)
         except StopIteration:
             self._it = iter(self.loader)
-            x, y = next(self._it)
-        return x.to(self.device, non_blocking=True).float(), y.to(self.device, non_blocking=True)
+            try:
+                x, y = next(self._it)
+            except StopIteration:
+                raise HarnessError("train_set gives no batches") from None
+        return float_images(x.to(self.device, non_blocking=True)), class_labels(y.to(self.device, non_blocking=True))
 
     def state_dict(self):
         return {}
@@ -345,27 +371,46 @@ class LoaderBatches:
         pass
 
 
-def materialize(dataset, batch_size: int = 512) -> ImageTensors:
+def materialize(dataset, batch_size: int = 512, what: str = "test_set") -> ImageTensors:
     """A user's (image, label) pairs as tensors, once, for fast repeated evaluation: from a Dataset or a
-    DataLoader's batches. Images are tensors (as the teacher takes them) or PIL images, which are scaled to
-    [0, 1] as torchvision's ToTensor does; anything else is a one-line error."""
+    DataLoader's batches. Images are float tensors (as the teacher takes them), uint8 tensors or PIL images,
+    both scaled to [0, 1] as torchvision's ToTensor does; labels are class indices, (N,) or (N, 1), or label
+    maps (N, H, W). Anything else is a one-line error."""
     batches = dataset if isinstance(dataset, DataLoader) else DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=_pairs)
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
     xs, ys = [], []
     try:
         for x, y in batches:
-            xs.append(torch.as_tensor(x).float())
-            ys.append(torch.as_tensor(y).long())
+            xs.append(float_images(torch.as_tensor(x)))
+            ys.append(torch.as_tensor(y))
         x, y = torch.cat(xs), torch.cat(ys)
     except HarnessError:
         raise
     except (TypeError, ValueError, RuntimeError) as e:
-        raise HarnessError(f"test_set: expected (image, label) pairs of tensors or PIL images of one size "
+        raise HarnessError(f"{what}: expected (image, label) pairs of tensors or PIL images of one size "
                            f"({type(e).__name__}: {first_line(e)[:160]})") from None
+    y = class_labels(y, what)
     return ImageTensors(x, y, metric="miou" if y.dim() == 3 else "acc")
 
 
-def _pairs(batch):
+def float_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (torchvision.io, PIL arrays) scaled to [0, 1] as ToTensor does; other tensors as floats."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def class_labels(y: torch.Tensor, what: str = "train_set") -> torch.Tensor:
+    """Labels as the loop compares them: (N,) class indices (an (N, 1) column squeezed) or (N, H, W) maps.
+    Others, one-hot (N, K) above all, are refused: compared with (N,) predictions they would broadcast."""
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() not in (1, 3) or y.is_floating_point() and not torch.equal(y, y.round()):
+        hint = " (one-hot? pass labels.argmax(1))" if y.dim() == 2 else ""
+        raise HarnessError(f"{what}: labels must be class indices, one per image (or (H, W) label maps), "
+                           f"got shape {tuple(y.shape[1:])} per image{hint}")
+    return y.long()
+
+
+def collate_pairs(batch):
     """DataLoader's collate for materialize: PIL images become tensors in [0, 1]."""
     xs = []
     for x, _ in batch:

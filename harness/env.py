@@ -58,6 +58,8 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     """None = fp32. `auto` uses bf16 autocast where the hardware has it natively."""
+    if setting not in ("auto", "fp32", "bf16"):
+        raise HarnessError(f"precision {setting!r}: use auto, fp32 or bf16")
     if setting == "fp32":
         return None
     if setting == "bf16" or native_bf16(device):

@@ -84,6 +84,9 @@ def launch(suite: Suite, runs_dir: str | Path, force: bool, kind: str, log=print
             outcome.skipped += o.skipped
             outcome.failed += o.failed
             outcome.not_applicable += o.not_applicable
+            outcome.crashed += o.crashed
         except Exception as e:
-            outcome.failed.append((method, seed, f"job {j.job_id}: {str(e).strip().splitlines()[-1][:200]}"))
+            entry = (method, seed, f"job {j.job_id} died: {str(e).strip().splitlines()[-1][:200]}; logs in {ex.folder}")
+            outcome.failed.append(entry)
+            outcome.crashed.append(entry)
     return outcome

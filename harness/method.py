@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ from .data import ImageTensors
 class Params(BaseModel):
     """Hyperparameters every method has; a method's own Params extend it."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     batch_size: int = Field(256, gt=0)
 
 
@@ -134,3 +134,5 @@ def adam(params, lr, betas=(0.9, 0.999), weight_decay=0.0, device=None):
 
 
 ScheduleKind = Literal["none", "multistep", "cosine"]
+# a method's multistep milestones: fractions of budget.iterations (paper: epochs 100, 200 of 500 -> 0.2, 0.4)
+Milestones = list[Annotated[float, Field(gt=0, le=1)]]

@@ -183,10 +183,10 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 
 @torch.no_grad()
-def check_fits(model: nn.Module, what: str, input_shape, num_classes: int | None, data: str = "the input") -> int:
+def check_fits(model: nn.Module, what: str, input_shape, num_classes: int | None, data: str = "the input") -> tuple:
     """A batch of 2 zeros through `model` (eval mode, on its device; its mode is restored): it must take
-    `input_shape` and give (2, num_classes, ...), any number of classes when None. Returns that number;
-    otherwise a one-line HarnessError naming `what` is wrong."""
+    `input_shape` and give (2, num_classes, ...), any number of classes when None. Returns the output's shape
+    per sample, (classes, ...); otherwise a one-line HarnessError naming `what` is wrong."""
     was_training = model.training
     device = next(iter(model.parameters()), torch.empty(0)).device
     try:
@@ -200,7 +200,15 @@ def check_fits(model: nn.Module, what: str, input_shape, num_classes: int | None
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         want = f"(batch, {num_classes}, ...) for {num_classes} classes" if num_classes else "(batch, classes, ...)"
         raise HarnessError(f"{what} gives output {got} for {data} {tuple(input_shape)}, not {want}")
-    return out.shape[1]
+    return tuple(out.shape[1:])
+
+
+def check_same_output(teacher_out: tuple, student_out: tuple, data: str) -> None:
+    """Teacher and student must give one output shape: the losses compare them element by element (two shapes
+    would broadcast into a loss over every pair of samples)."""
+    if tuple(teacher_out) != tuple(student_out):
+        raise HarnessError(f"teacher gives output (batch, {', '.join(map(str, teacher_out))}) and the student "
+                           f"(batch, {', '.join(map(str, student_out))}) for {data}: the losses need one shape")
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from .data import get_dataset
 from .errors import HarnessError, MissingDataError, NotApplicableError, first_line
 from .locks import Busy, exclusive
 from .loop import CHECKPOINT_VERSION, run_loop
-from .models import build_model, check_fits, count_macs
+from .models import build_model, check_fits, check_same_output, count_macs
 from .progress import SuiteProgress
 from .store import STORAGE_ERRNOS, RunDir, Store, atomic_torch_save
 from .teacher import ensure_teacher
@@ -29,12 +29,17 @@ class SuiteOutcome:
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     # cannot apply to this config (e.g. DFQ-style on a teacher without BatchNorm): n/a in tables, not an error
     not_applicable: list[tuple[str, int, str]] = field(default_factory=list)
+    # of the failed, those that crashed (an exception that is not a diagnosed failure such as divergence, or a
+    # launcher job that died): no result was measured, so the command exits non-zero
+    crashed: list[tuple[str, int, str]] = field(default_factory=list)
 
     def messages(self) -> list[str]:
-        """End-of-suite lines for the user: what failed, and what does not apply here."""
+        """End-of-suite lines for the user: what failed and why, and what does not apply here."""
         out = []
         if self.failed:
-            out.append(f"{len(self.failed)} run(s) failed; see their summary.json")
+            why = "; ".join(f"{m} seed {s}: {r}" for m, s, r in self.failed[:3])
+            more = f"; +{len(self.failed) - 3} more" if len(self.failed) > 3 else ""
+            out.append(f"{len(self.failed)} run(s) failed ({why}{more})")
         if self.not_applicable:
             reasons = sorted({f"{m}: {r}" for m, _, r in self.not_applicable})
             out.append(f"{len(self.not_applicable)} run(s) not applicable here, shown as n/a ({'; '.join(reasons)})")
@@ -61,8 +66,9 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
                 f"{rd.path} finished with runtime.precision={_precision(stored)}, not {_precision(current)}; "
                 f"pass --force to redo it or --runs-dir to keep both")
         if stored is None or not same_config(stored, current):
+            what = f"{key} differs, " if stored and (key := config_difference(stored, current)) else ""
             raise HarnessError(
-                f"{rd.path} finished with a different config (profile {s.get('profile')!r}, "
+                f"{rd.path} finished with a different config ({what}profile {s.get('profile')!r}, "
                 f"{s.get('iterations')} iterations); pass --force to redo it or --runs-dir to keep both")
 
 
@@ -73,17 +79,25 @@ def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
     is; precision does (bf16 against fp32 is what the default-vs-plain parity experiment compares)."""
     if "runtime" in ignore and _precision(stored) != _precision(current):
         return False
+    return config_difference(stored, current, ignore) is None
+
+
+def config_difference(stored: dict, current: dict, ignore=("runtime",), missing_differs: bool = True) -> str | None:
+    """The first key (dotted) the stored run recorded with another value than now, or None. missing_differs=False:
+    only keys both have are compared (two stored runs, one made before a key was added to the schema)."""
     for k, v in stored.items():
         if k in ignore:
             continue
         if k not in current:
-            return False
+            if missing_differs:
+                return str(k)
+            continue
         if isinstance(v, dict) and isinstance(current[k], dict):
-            if not same_config(v, current[k], ()):
-                return False
+            if (sub := config_difference(v, current[k], (), missing_differs)) is not None:
+                return f"{k}.{sub}"
         elif v != current[k]:
-            return False
-    return True
+            return str(k)
+    return None
 
 
 def _precision(cfg: dict) -> str:
@@ -113,7 +127,10 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
     its kwargs cannot build, one that cannot take the dataset's input, or one with the wrong number of outputs
     is then a one-line error before any training, not a failed run later. Draws no random numbers a run sees."""
     spec = get_dataset(suite.dataset)
+    if "teacher" in roles and suite.teacher.checkpoint and not Path(suite.teacher.checkpoint).expanduser().is_file():
+        raise HarnessError(f"teacher checkpoint {suite.teacher.checkpoint} does not exist")
     cfgs = {"teacher": suite.teacher.model, "student": suite.student}
+    outputs = {}
     for role in roles:
         cfg = cfgs[role]
         what = f"{role} {cfg.name}" + (f" ({', '.join(f'{k}={v!r}' for k, v in cfg.kwargs.items())})"
@@ -132,9 +149,11 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
             raise HarnessError(f"{what} cannot be built: {type(e).__name__}: {first_line(e)}") from None
         fits = (what, spec.input_shape, spec.num_classes, f"{suite.dataset}'s input")
         try:
-            check_fits(model.to("meta"), *fits)
+            outputs[role] = check_fits(model.to("meta"), *fits)
         except HarnessError:
-            check_fits(build(), *fits)
+            outputs[role] = check_fits(build(), *fits)
+    if len(outputs) == 2:
+        check_same_output(outputs["teacher"], outputs["student"], f"{suite.dataset}'s input")
 
 
 def load_resume_state(rd: RunDir, fingerprint: str, log, cfg: dict | None = None,
@@ -231,7 +250,13 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                                  f"{result.wall_time_s:.0f}s")
         return summary
     except KeyboardInterrupt:
-        rd.write_summary({**base, "status": "interrupted", "wall_time_s": round(time.perf_counter() - t0, 2)})
+        stopped = {**base, "status": "interrupted", "wall_time_s": round(time.perf_counter() - t0, 2)}
+        rd.write_summary(stopped)
+        for cb in callbacks:  # a W&B run is closed (as not done), not left open; the resumed run is a new one
+            try:
+                cb.on_run_end(stopped)
+            except Exception:
+                pass
         raise
     except Exception as e:
         reason = str(e).splitlines()[0] if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}".splitlines()[0]
@@ -240,7 +265,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                 (rd.path / "error.log").write_text(traceback.format_exc())
             except OSError:  # e.g. the disk is full: the summary below matters more
                 pass
-        failed = {**base, "status": "failed", "reason": reason,
+        failed = {**base, "status": "failed", "reason": reason, "crashed": not isinstance(e, HarnessError),
                   "unavailable": isinstance(e, (MissingDataError, NotApplicableError)),
                   # a method that cannot apply to this config fails the same way every time: not retried
                   "retry": not isinstance(e, NotApplicableError),
@@ -265,10 +290,10 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     device = env.runtime_device(suite.runtime)  # a setting this machine cannot honour fails before anything is made
     store = Store(runs_dir, suite.name)
     store.ensure_writable()
+    check_models(suite)  # first: a finished run's config names the teacher checkpoint's bytes
     check_finished_runs(suite, store, force)
     env.apply_runtime(suite.runtime)
     env.set_determinism(suite.runtime.deterministic)
-    check_models(suite)
     runs = planned_runs(suite)
     progress = progress or SuiteProgress(len(runs))
     outcome = SuiteOutcome()
@@ -315,8 +340,10 @@ def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks
     summary = execute_run(suite, method, seed, rd, teacher, test, device, progress, callbacks)
     if summary is None:
         s = rd.summary() or {}
-        (outcome.not_applicable if s.get("retry") is False else outcome.failed).append(
-            (method, seed, s.get("reason", "")))
+        entry = (method, seed, s.get("reason", ""))
+        (outcome.not_applicable if s.get("retry") is False else outcome.failed).append(entry)
+        if s.get("crashed"):
+            outcome.crashed.append(entry)
     else:
         if force:
             rd.write_summary({**summary, "forced_by": _invocation})

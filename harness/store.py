@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import io
 import json
 import os
@@ -28,6 +29,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared runs dirs from the group
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -38,6 +40,20 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         if isinstance(e, OSError) and e.filename is None:  # say which file could not be written
             raise OSError(e.errno, e.strerror, str(path)) from None
         raise
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting it is process-wide)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -51,10 +67,12 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def read_json(path: Path) -> dict | None:
+    """A JSON object from the file; None if it is missing, unreadable, or not an object."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def metrics_csv(rows: list[dict]) -> str:

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import env
-from .config import Suite, TeacherCfg, config_hash
+from .config import Suite, TeacherCfg, config_hash, file_digest
 from .data import DatasetSpec, ImageTensors, TensorBatches, get_dataset
 from .errors import HarnessError
 from .loop import evaluate
@@ -207,8 +207,8 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
         load_weights(model, path)
         model = freeze(model.to(device))
         acc = evaluate(model, spec.load("test"), device)
-        info = {"source": "checkpoint", "path": str(path.resolve()), "test_acc": acc, "model": suite.teacher.model.name,
-                "dataset": suite.dataset}
+        info = {"source": "checkpoint", "path": str(path.resolve()), "sha256": file_digest(str(path)), "test_acc": acc,
+                "model": suite.teacher.model.name, "dataset": suite.dataset}
         write_json(suite_record, info)
         return Teacher(model, acc, "checkpoint", path, info)
 

@@ -91,7 +91,7 @@ def make_pruner(kind: str, suite, trials: int):
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=b.eval_every, max_resource=b.iterations, reduction_factor=3)
     if kind == "median":  # the first evaluation is never judged: every student starts near chance
-        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(1, trials // 3)),
+        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, trials // 3)),
                                            n_warmup_steps=2 * b.eval_every)
     raise HarnessError(f"--pruner {kind!r}: choose median or hyperband")
 
@@ -140,7 +140,8 @@ def run_trial(trial, suite, method: str, teacher, fit, val, device, runs_dir: Pa
             best = max(best, row["val_acc"])
             tracker.on_eval(row, m)
             trial.report(row["val_acc"], row["iteration"])
-            if trial.should_prune():
+            # at the last evaluation the budget is spent: the trial's result is kept, never pruned
+            if row["iteration"] < suite.budget.iterations and trial.should_prune():
                 raise optuna.TrialPruned(f"val acc {row['val_acc']:.4f} at iteration {row['iteration']}")
 
         run_loop(m, val, suite.budget.iterations, suite.budget.eval_every, on_eval=on_eval)
@@ -188,6 +189,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     import optuna
 
     from . import env
+    from .runner import config_difference
     from .teacher import ensure_teacher
     from .tracking import redact
 
@@ -208,6 +210,19 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
         raise HarnessError(f"study {study} was scored on another validation split ({st.user_attrs['objective']}); "
                            f"its trials cannot be compared with new ones: give --study a new name")
     st.set_user_attr("objective", objective)
+    # what a trial is besides the searched parameters: trials of another budget, profile or teacher do not rank
+    # against these (a study's name says only suite, method and profile)
+    config = {k: v for k, v in suite.run_config(method, 0).items() if k not in ("seed", "runtime", "params")}
+    config["params"] = {k: v for k, v in suite.run_config(method, 0)["params"].items()
+                        if k not in suite.search[method]}
+    config = json.loads(json.dumps(config, default=str))
+    if (stored := st.user_attrs.get("config")) is not None and (key := config_difference(stored, config, ())):
+        raise HarnessError(f"study {study} was run with another config ({key} differs); its trials cannot be "
+                           f"compared with new ones: give --study a new name")
+    st.set_user_attr("config", config)
+    # a fresh study draws from `seed`; a resumed one from a seed its trial count moves on, so new trials explore new
+    # points instead of repeating the first ones (TPE's start-up trials are random draws from the seed)
+    seed += 1000 * len(st.trials)
     env.apply_runtime(suite.runtime)
     ensure_teacher(suite, runs_dir, env.runtime_device(suite.runtime), log)  # once, before workers race on it
     jobs = min(jobs, trials)
@@ -292,7 +307,7 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
                  profile: Optional[str] = typer.Option(None, "--profile", "-p", help="paper | quick | smoke"),
                  jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes on this machine"),
                  pruner: str = typer.Option("median", "--pruner", help="median | hyperband"),
-                 seed: int = typer.Option(0, "--seed", help="sampler seed (worker i uses seed + i)"),
+                 seed: int = typer.Option(0, "--seed", help="sampler seed (worker i uses seed + i; a resumed study adds 1000 x its trial count)"),
                  runs_dir: Path = RUNS_DIR):
     """Tune a method's hyperparameters on a held-out validation split; writes a --params overlay."""
     from .cli import _load, fail

@@ -8,15 +8,18 @@ and both optimisers step. MNIST: Adam for both; CIFAR: SGD for S with step decay
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Literal
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
+from harness.errors import HarnessError
 from harness.losses import kld
-from harness.method import Params, ScheduleKind, adam, make_scheduler, sgd
+from harness.method import Milestones, Params, ScheduleKind, adam, make_scheduler, sgd
 from harness.registry import METHODS
 from methods.dfad import AdversarialMethod
 
@@ -35,7 +38,7 @@ class DAFLParams(Params):
     w_ie: float = Field(5.0, ge=0)
     w_a: float = Field(0.1, ge=0)
     schedule: ScheduleKind = "none"  # student only: the official script never decays lr_G
-    milestones: list[float] = Field(default_factory=list)  # fractions of budget.iterations
+    milestones: Milestones = Field(default_factory=list)  # fractions of budget.iterations
     gamma: float = Field(0.1, gt=0)
 
 
@@ -56,6 +59,22 @@ def dafl_generator_terms(t_logits: torch.Tensor, features: torch.Tensor) -> dict
     return {"oh": oh, "ie": ie, "a": a}
 
 
+def penultimate_source(teacher: nn.Module) -> nn.Module | None:
+    """None when the teacher's forward takes return_features (the harness's models); else its last nn.Linear,
+    whose input DAFL's activation term reads. Neither is a one-line error before training."""
+    try:
+        takes = "return_features" in inspect.signature(teacher.forward).parameters
+    except (TypeError, ValueError):  # e.g. TorchScript
+        takes = False
+    if takes:
+        return None
+    linears = [m for m in teacher.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise HarnessError("dafl needs the teacher's penultimate features: a forward(x, return_features=True) "
+                           "giving (logits, {'penultimate': ...}), or an nn.Linear last layer to read them from")
+    return linears[-1]
+
+
 @METHODS.register("dafl")
 class DAFL(AdversarialMethod):
     name = "dafl"
@@ -74,13 +93,29 @@ class DAFL(AdversarialMethod):
         c.student.train()
         self.generator.train()
         self.teacher_images = 0  # images through the teacher (the runner records it for equal-cost reading)
+        self.feature_layer = penultimate_source(c.teacher)
+
+    def teacher_forward(self, x):
+        """The teacher's logits and penultimate features in one forward: the harness's models return them
+        (return_features=True); any other teacher's are the input of its last nn.Linear, read by a hook."""
+        T = self.ctx.teacher
+        if self.feature_layer is None:
+            t, feats = T(x, return_features=True)
+            return t, feats["penultimate"]
+        seen = []
+        handle = self.feature_layer.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+        try:
+            t = T(x)
+        finally:
+            handle.remove()
+        return t, seen[-1].flatten(1)
 
     def step(self, it):
-        c, p, S, T = self.ctx, self.p, self.ctx.student, self.ctx.teacher
+        c, p, S = self.ctx, self.p, self.ctx.student
         with c.autocast():
             x = c.prepare(self.generator(self.noise()))
-            t, feats = T(x, return_features=True)  # T frozen: gradients reach G through x only
-        terms = dafl_generator_terms(t, feats["penultimate"])
+            t, feats = self.teacher_forward(x)  # T frozen: gradients reach G through x only
+        terms = dafl_generator_terms(t, feats)
         loss_G = p.w_oh * terms["oh"] + p.w_ie * terms["ie"] + p.w_a * terms["a"]
         with c.autocast():
             s = S(x.detach())

@@ -10,8 +10,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from harness.errors import HarnessError
 from harness.losses import DISCREPANCIES, GENERATOR_OBJECTIVES
-from harness.method import Method, Params, ScheduleKind, adam, make_scheduler, sgd
+from harness.method import Milestones, Method, Params, ScheduleKind, adam, make_scheduler, sgd
 from harness.models import build_model
 from harness.registry import METHODS
 
@@ -29,7 +30,7 @@ class DFADParams(Params):
     loss: Literal["mae", "mse", "kld"] = "mae"  # the discrepancy, used by both stages
     gen_objective: Literal["neg", "ada"] = "neg"
     schedule: ScheduleKind = "none"  # applied to both optimisers, as in the official scripts
-    milestones: list[float] = Field(default_factory=list)  # fractions of budget.iterations
+    milestones: Milestones = Field(default_factory=list)  # fractions of budget.iterations
     gamma: float = Field(0.1, gt=0)
 
 
@@ -45,6 +46,17 @@ class AdversarialMethod(Method):
         if hasattr(self.generator, "fused_upsample"):
             self.generator.fused_upsample = c.fused_upsample
         self.modules["generator"] = self.generator
+        with torch.no_grad():  # zeros in eval mode: no random numbers drawn, no BatchNorm statistics changed
+            try:
+                out = self.generator.eval()(torch.zeros(2, p.nz, device=c.device))
+            except Exception as e:
+                out = e
+            finally:
+                self.generator.train()
+        if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(c.input_shape):
+            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else f"{type(out).__name__}"
+            raise HarnessError(f"{self.name}: generator {p.generator!r} does not make images of the input shape "
+                               f"{tuple(c.input_shape)} from noise of size nz={p.nz} (got {got})")
 
     def setup(self):
         c, p = self.ctx, self.p

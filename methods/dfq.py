@@ -39,6 +39,9 @@ class DFQ(DFAD):
         self.bns = [m for m in self.ctx.teacher.modules()
                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
         if not self.bns:  # before building anything: the run is recorded unavailable (n/a in tables)
+            if isinstance(self.ctx.teacher, torch.jit.ScriptModule):
+                raise NotApplicableError("teacher is TorchScript, whose BatchNorm layers DFQ-style cannot hook: "
+                                         "pass the nn.Module")
             raise NotApplicableError("teacher has no BatchNorm layers: DFQ-style needs them")
         super().setup()
         self.last_bn = torch.zeros((), device=self.ctx.device)

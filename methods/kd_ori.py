@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness.losses import kd_loss
-from harness.method import Method, Params, ScheduleKind, make_scheduler, sgd
+from harness.method import Milestones, Method, Params, ScheduleKind, make_scheduler, sgd
 from harness.registry import METHODS
 
 
@@ -18,7 +18,7 @@ class KDParams(Params):
     temperature: float = Field(4.0, gt=0)
     label_weight: float = Field(0.0, ge=0, le=1)  # weight of CE on true labels (0: pure soft targets)
     schedule: ScheduleKind = "none"
-    milestones: list[float] = Field(default_factory=list)
+    milestones: Milestones = Field(default_factory=list)  # fractions of budget.iterations
     gamma: float = Field(0.1, gt=0)
     data: str | None = None  # the data source; None = the suite's own dataset
 

@@ -5,12 +5,14 @@ Everything the renderers show comes from here, so the tables, plots and CSV agre
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from harness.config import Suite, method_of
+from harness.errors import first_line
 from harness.store import RunDir, Store, read_json
 
 # The paper's row order; a rule separates data-driven rows from data-free rows, another the later methods.
@@ -41,17 +43,33 @@ def group(method: str, suite: Suite | None = None, data_free: bool | None = None
 
 
 def runs_frame(runs_dir: str | Path, suite_name: str) -> pd.DataFrame:
-    """One row per stored run that has a summary."""
+    """One row per stored run that has a summary (an unreadable one is a failed row that says so), with the
+    identity of its config (`config_key`: everything but the seed and the speed-only runtime switches)."""
     rows = []
     for rd in Store(runs_dir, suite_name).runs():
         s = rd.summary()
+        if s is None and rd.summary_path.exists():
+            s = {"status": "failed", "reason": "summary.json unreadable (run the suite again to rebuild it)"}
         if s:
             rows.append({"method": rd.method, "seed": rd.seed, "path": str(rd.path),
                          **{k: s.get(k) for k in ("status", "best_acc", "final_acc", "student_macs", "reason",
-                                                  "unavailable", "data_free", "profile", "wall_time_s")}})
+                                                  "unavailable", "data_free", "profile", "wall_time_s", "teacher_acc")},
+                         "config": run_identity(rd)})
     cols = ["method", "seed", "path", "status", "best_acc", "final_acc", "student_macs", "reason", "unavailable",
-            "data_free", "profile", "wall_time_s"]
+            "data_free", "profile", "wall_time_s", "teacher_acc", "config"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def run_identity(rd: RunDir) -> dict | None:
+    """What the run is, from its config.yaml: all of it but the seed and the runtime (kept: precision)."""
+    from harness.runner import read_yaml_or_none
+
+    cfg = read_yaml_or_none(rd.config)
+    if cfg is None:
+        return None
+    runtime = cfg.get("runtime")
+    precision = runtime.get("precision", "auto") if isinstance(runtime, dict) else "auto"
+    return {**{k: v for k, v in cfg.items() if k not in ("seed", "runtime")}, "precision": precision}
 
 
 def teacher_summary(runs_dir: str | Path, suite_name: str) -> dict:
@@ -59,11 +77,19 @@ def teacher_summary(runs_dir: str | Path, suite_name: str) -> dict:
 
 
 def curves(runs_dir: str | Path, suite_name: str, method: str) -> pd.DataFrame:
-    """metrics.csv of every finished run of a method, stacked with a seed column."""
+    """metrics.csv of every finished run of a method, stacked with a seed column (an unreadable file is skipped
+    with a warning: a plot is not worth failing a report over)."""
     frames = []
     for rd in Store(runs_dir, suite_name).runs():
         if rd.method == method and rd.is_done() and rd.metrics.is_file():
-            frames.append(pd.read_csv(rd.metrics).assign(seed=rd.seed))
+            try:
+                df = pd.read_csv(rd.metrics)
+                df = df.apply(pd.to_numeric, errors="raise")
+            except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+                print(f"warning: {rd.metrics} unreadable, left out of the curves ({first_line(e)[:120]})",
+                      file=sys.stderr)
+                continue
+            frames.append(df.assign(seed=rd.seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -85,24 +111,52 @@ class Cell:
 
 
 def aggregate(runs: pd.DataFrame, metric: str) -> Cell:
-    """Seeds of one method -> a cell. Sample std (ddof=1), 0 for one seed."""
+    """Seeds of one method -> a cell. Sample std (ddof=1), 0 for one seed. Seeds made with different configs
+    (a new seed run with other overrides or another profile into the same runs dir) are never averaged."""
     col = f"{metric}_acc"
     done = runs[runs["status"] == "done"]
-    failed = runs[runs["status"] == "failed"]
+    vals = pd.to_numeric(done[col], errors="coerce")
+    unusable = done[vals.isna()]  # finished, but its summary has no number
+    done, vals = done[vals.notna()], vals[vals.notna()]
+    failed = pd.concat([runs[runs["status"] == "failed"],
+                        unusable.assign(reason=f"summary.json has no {col}", unavailable=False)])
+    unfinished = runs[~runs["status"].isin(["done", "failed"])]  # interrupted, or running now
     missing = failed[failed["unavailable"].fillna(False).astype(bool)]
     broken = failed[~failed.index.isin(missing.index)]
+    if len(done) and (mixed := mixed_configs(done)):
+        return Cell(status="na", note=mixed)
     if len(done):
-        vals = done[col].astype(float)
         std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-        note = (f"{len(failed)} of {len(runs)} seeds did not finish: {_reason(failed)}" if len(failed) else None)
+        short = pd.concat([failed, unfinished])
+        note = (f"{len(short)} of {len(runs)} seeds did not finish: {_reason(short)}" if len(short) else None)
         return Cell(float(vals.mean()), 0.0 if math.isnan(std) else std, len(done), "ok", note)
     if len(broken):
         return Cell(status="failed", note=f"run failed: {_reason(broken)}")
     if len(missing):
         return Cell(status="na", note=f"could not run: {_reason(missing)}")
+    if len(unfinished):
+        return Cell(status="na", note=f"not finished: {_reason(unfinished)}")
     return Cell(status="na", note="not run")
+
+
+def mixed_configs(done: pd.DataFrame) -> str | None:
+    """Why the finished seeds of one method cannot share a cell, or None: the first key their configs differ in."""
+    from harness.runner import config_difference
+
+    rows = done.sort_values("seed")
+    first = rows.iloc[0]
+    for _, r in rows.iloc[1:].iterrows():
+        a, b = first["config"], r["config"]
+        if a is None or b is None:  # no config.yaml to compare (written by hand, or lost): taken as it is
+            continue
+        if key := config_difference(a, b, (), missing_differs=False):
+            return (f"not averaged: seed {first['seed']} and seed {r['seed']} were run with different configs "
+                    f"({key} differs); give each config its own --runs-dir, or redo one with --force")
+    return None
 
 
 def _reason(runs: pd.DataFrame) -> str:
     r = runs.sort_values("seed").iloc[0]
+    if r["status"] not in ("done", "failed"):
+        return f"seed {r['seed']} {r['status']} (run the suite again to resume it)"
     return str(r["reason"] or "no reason recorded").rstrip(".")

@@ -18,7 +18,8 @@ def escape(text: str) -> str:
     return "".join(_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-MARKUP = Markup(pm=r"$\pm$", delta=r"$\Delta$", mark=lambda a: rf"\textsuperscript{{{a}}}", escape=escape)
+MARKUP = Markup(pm=r"$\pm$", delta=r"$\Delta$", mark=lambda a: rf"\textsuperscript{{{a}}}", escape=escape,
+                minus="$-$", paper_row=r"\textit{paper}")
 
 
 def to_latex(t: Table, with_paper: str | None = None, label: str | None = None) -> str:

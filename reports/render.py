@@ -18,6 +18,8 @@ class Markup:
     delta: str  # the Δ sign
     mark: Callable[[str], str]  # footnote mark (a letter) -> superscript
     escape: Callable[[str], str]  # plain text -> safe text
+    minus: str = "-"  # the sign of a negative Δ
+    paper_row: str = "paper"  # the label of a paper row (Markdown italicises its own)
 
 
 def display(t: Table, m: Markup, with_paper: str | None = None):
@@ -43,7 +45,8 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
             line += ([c.flops] if t.flops else []) + [text]
             b += ([False] if t.flops else []) + [(r, d) in bold_cells]
             if with_paper == "delta":
-                line.append(f"{c.mean - c.paper:+.3f}" if c.status == "ok" and c.paper is not None else "")
+                v = c.mean - c.paper if c.status == "ok" and c.paper is not None else None
+                line.append("" if v is None else f"{'+' if v >= 0 else m.minus}{abs(v):.3f}")
                 b.append(False)
         data.append(line), bold.append(b), italic.append([False] * len(b))
         index.append((m.escape(t.label(r)), r)), rows.append(r)
@@ -53,7 +56,7 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
                 p = t.cells[(r, d)].paper
                 pl += ([""] if t.flops else []) + [f"{p:.3f}" if p is not None else ""]
             data.append(pl), bold.append([False] * len(pl)), italic.append([True] * len(pl))
-            index.append(("paper", f"paper:{r}")), rows.append(f"paper:{r}")
+            index.append((m.paper_row, f"paper:{r}")), rows.append(f"paper:{r}")
     idx = pd.MultiIndex.from_tuples(index)
     header = pd.MultiIndex.from_tuples([(m.escape(d), k) for d, k in cols])
     return (pd.DataFrame(data, index=idx, columns=header), pd.DataFrame(bold, index=idx, columns=header),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import Suite
+from harness.errors import HarnessError
 from harness.models import human_macs
 from harness.store import Store, atomic_write
 
@@ -82,6 +83,10 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
         if r == "teacher":
             t = teacher_summary(runs_dir, suite.name)
             cell = Cell(t["test_acc"], 0.0, 1, "ok") if "test_acc" in t else Cell(note="no teacher trained")
+            used = pd.to_numeric(runs[runs["status"] == "done"]["teacher_acc"], errors="coerce").dropna().round(6)
+            if cell.status == "ok" and (others := set(used) - {round(float(t["test_acc"]), 6)}):
+                cell.note = (f"the suite's last teacher; runs in this table were distilled from another "
+                             f"(test acc {', '.join(f'{a:.3f}' for a in sorted(others))})")
             cell.flops = teacher_flops(suite, t)
         else:
             cell = aggregate(runs[runs["method"] == r], metric)
@@ -128,6 +133,10 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
     """names[i] is the dataset of suites[i] (a suite may be None when no suite file exists yet)."""
     rows = row_order(suites, runs_dir, paper_rows)
     columns = [dataset_label(n) for n in names]
+    if len(set(columns)) < len(columns):  # two suites on one dataset (e.g. mnist and ablation-loss): name the suite
+        if len({(c, s.name if s else n) for c, s, n in zip(columns, suites, names)}) < len(columns):
+            raise HarnessError(f"report: a suite is named twice ({', '.join(names)})")
+        columns = [f"{c} ({s.name})" if columns.count(c) > 1 and s else c for c, s in zip(columns, suites)]
     cells = {}
     for s, col in zip(suites, columns):
         for r, c in suite_cells(s, runs_dir, metric, rows).items():

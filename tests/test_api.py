@@ -26,6 +26,7 @@ def test_distill_any_shape_and_classes():
     torch.manual_seed(0)
     teacher, student = TinyNet(), TinyNet()
     before = [p.clone() for p in student.parameters()]
+    teacher_before = [p.clone() for p in teacher.parameters()]
     res = harness.distill(teacher, student, method="dfad", test_set=_data(), seed=0,
                           iterations=6, eval_every=3, batch_size=8, nz=16, ngf=4, precision="fp32")
     assert [r["iteration"] for r in res.history] == [3, 6]
@@ -34,8 +35,12 @@ def test_distill_any_shape_and_classes():
     assert all(0 <= r["test_acc"] <= 1 for r in res.history)
     assert res.student is student
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
-    # the teacher is frozen: no parameter of it may change or ask for gradients
-    assert all(not p.requires_grad for p in teacher.parameters())
+    # the teacher was frozen for the run (its weights are unchanged) and is given back as it came: in train
+    # mode, asking for gradients, in its own layout; the student comes back ready for inference
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    assert teacher.conv.weight.is_contiguous()
+    assert not student.training and student.conv.weight.is_contiguous()
 
 
 def test_distill_kd_with_user_train_set():
@@ -111,3 +116,98 @@ def test_test_set_as_pil_images_or_a_dataloader():
             assert str(e).startswith("test_set: expected (image, label) pairs") and "\n" not in str(e)
         else:
             raise AssertionError(f"no error for {bad!r}")
+
+
+def test_labels_and_shapes_that_would_broadcast_are_refused_before_training():
+    """A label column (N, 1) is read as (N,) (it would compare as (B, B) with the predictions: accuracy > 1);
+    one-hot labels, labels past the teacher's classes, an input_shape other than the data's, a train_set of
+    other images, and two output shapes (a loss over every pair of samples) are one-line errors."""
+    import pytest
+
+    x, y = _data().tensors
+    col = harness.distill(TinyNet(), TinyNet(), test_set=TensorDataset(x, y[:, None]), iterations=2, eval_every=2,
+                          batch_size=8, nz=8, ngf=4, precision="fp32")
+    assert 0 <= col.best_acc <= 1
+    with torch.no_grad():
+        assert col.best_acc == pytest.approx((col.student(x).argmax(1) == y).float().mean().item())
+
+    class ConvHead(nn.Module):  # (batch, 7, 1, 1): a classifier ending in a 1x1 convolution
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 7, 1)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3), keepdim=True)
+
+    onehot = torch.nn.functional.one_hot(y, 7)
+    cases = [
+        (dict(test_set=TensorDataset(x, onehot)), "labels must be class indices, one per image"),
+        (dict(test_set=TensorDataset(x, y + 5)), "test_set's labels run 5..11, but the teacher has 7 classes"),
+        (dict(test_set=_data(), input_shape=(2, 16, 24)), "input_shape (2, 16, 24) but test_set's images are (2, 20, 24)"),
+        (dict(test_set=_data(), method="kd_ori", train_set=_data(shape=(2, 16, 16))),
+         "train_set's images are (2, 16, 16) but the test set's"),
+        (dict(test_set=_data(), method="kd_ori", train_set=TensorDataset(x)), "train_set: expected (image, label) pairs"),
+        (dict(test_set=_data(), teacher=ConvHead()), "teacher gives output (batch, 7, 1, 1) and the student (batch, 7)"),
+        (dict(test_set=_data(), method="kd_unr", data="mnist"), "distill() does not know how your teacher's inputs"),
+        (dict(test_set=_data(), iterations=0), "distill: iterations: Input should be greater than 0"),
+        (dict(test_set=_data(), eval_every=0), "distill: eval_every: Input should be greater than 0"),
+        (dict(test_set=_data(), precision="fp16"), "distill: precision: Input should be 'auto', 'fp32' or 'bf16'"),
+        (dict(test_set=_data(), channels_last="yes"), "distill: channels_last"),
+        (dict(test_set=_data(), milestones=[50, 100], schedule="multistep"), "milestones.0: Input should be less than"),
+    ]
+    for kw, fragment in cases:
+        kw = {"teacher": TinyNet(), "student": TinyNet(), "iterations": 2, "batch_size": 8, **kw}
+        with pytest.raises(HarnessError) as e:
+            harness.distill(**kw)
+        assert fragment in str(e.value) and "\n" not in str(e.value), (fragment, str(e.value))
+    same = TinyNet()
+    with pytest.raises(HarnessError, match="the same module"):
+        harness.distill(same, same, test_set=_data(), iterations=2)
+
+
+def test_user_train_sets_of_any_size_or_as_a_dataloader():
+    """A train_set smaller than the batch gives batches of all of it; a DataLoader is used as it comes; uint8
+    images are scaled to [0, 1] as PIL ones are."""
+    from torch.utils.data import DataLoader
+
+    from harness.data import LoaderBatches, materialize
+
+    small = _data(5)
+    assert next(LoaderBatches(small, 256, "cpu"))[0].shape[0] == 5  # drop_last with 256 would give no batch
+    loader = DataLoader(_data(12), batch_size=4)
+    batches = LoaderBatches(loader, 256, "cpu")
+    assert [next(batches)[0].shape[0] for _ in range(4)] == [4, 4, 4, 4]  # its own batches, cycled
+    res = harness.distill(TinyNet(), TinyNet(), method="kd_ori", test_set=_data(), train_set=loader,
+                          iterations=2, eval_every=2, precision="fp32")
+    assert len(res.history) == 1
+    u8 = torch.randint(0, 256, (3, 2, 4, 4), dtype=torch.uint8)
+    assert torch.equal(materialize(TensorDataset(u8, torch.zeros(3, dtype=torch.long))).x, u8.float() / 255)
+
+
+def test_distill_leaves_the_callers_random_numbers_alone():
+    teacher, student, data = TinyNet(), TinyNet(), _data()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    harness.distill(teacher, student, test_set=data, iterations=2, eval_every=2, batch_size=8, nz=8, ngf=4,
+                    precision="fp32")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_dafl_reads_any_teachers_penultimate_features_from_its_last_linear():
+    """The harness's models give them with return_features=True; another teacher's are its last nn.Linear's input
+    (DAFL's activation term), and a teacher with neither is a one-line error before training."""
+    import pytest
+
+    from methods.dafl import penultimate_source
+
+    teacher = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 7))
+    assert penultimate_source(teacher) is teacher[-1]
+    res = harness.distill(teacher, TinyNet(), method="dafl", test_set=_data(), iterations=2, eval_every=2,
+                          batch_size=8, nz=8, ngf=4, precision="fp32")
+    assert torch.isfinite(torch.tensor(res.history[-1]["loss_a"]))
+    assert not teacher[-1]._forward_hooks  # the hook lives for one forward only
+    pooled = nn.Sequential(nn.Conv2d(2, 7, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(HarnessError, match="dafl needs the teacher's penultimate features"):
+        harness.distill(pooled, TinyNet(), method="dafl", test_set=_data(), iterations=2, batch_size=8)

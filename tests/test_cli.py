@@ -97,3 +97,40 @@ def test_ls_and_validate():
     assert r.returncode == 0 and "dfad" in r.stdout and "mnist" in r.stdout and "lenet5_half" in r.stdout
     v = cli("validate", "mnist")
     assert v.returncode == 0 and v.stdout.count("ok:") == 3
+
+
+def test_run_exit_codes_say_whether_a_run_crashed(runs, monkeypatch):
+    """A diverged run is a result (FAILED in the table, exit 0, its reason printed); a crashed one is not (exit 1)."""
+    from typer.testing import CliRunner
+
+    from conftest import SMOKE_TEACHER
+    from harness.cli import app
+    from harness.registry import METHODS
+
+    base = ["run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), "--no-report", *SMOKE_TEACHER,
+            "tracking.wandb.mode=disabled", "budget.iterations=10", "budget.eval_every=5"]
+    diverged = CliRunner().invoke(app, [*base, "--methods", "dfad", "methods.dfad.lr_S=1e30"])
+    assert diverged.exit_code == 0, diverged.output[-1500:]
+    assert "1 run(s) failed (dfad seed 0: " in diverged.output and "not finite" in diverged.output
+
+    def boom(self, it):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(METHODS.get("random"), "step", boom)
+    crashed = CliRunner().invoke(app, [*base, "--methods", "random"])
+    assert crashed.exit_code == 1, crashed.output[-1500:]
+    assert "1 run(s) failed (random seed 0: RuntimeError: boom)" in crashed.output
+    assert "RuntimeError: boom" in (runs / "mnist" / "random" / "seed-0" / "error.log").read_text()
+
+
+def test_method_names_and_seeds_that_would_misname_folders_are_refused(tmp_path):
+    suite = tmp_path / "escape.yaml"
+    suite.write_text((REPO / "benchmarks" / "mnist.yaml").read_text().replace(
+        "methods:\n", "methods:\n  ../escape: {method: dfad}\n", 1))
+    r = cli("run", str(suite), "--profile", "smoke", "--runs-dir", str(tmp_path))
+    assert r.returncode == 2 and "method name '../escape'" in r.stderr, r.stderr
+    for args, fragment in [(["--seeds", "0,0"], "each seed once"), (["--seeds=-1"], "none negative"),
+                           (["methods.dfad.lr_S=inf"], "methods.dfad.lr_S: Input should be a finite number"),
+                           (["--methods", "dfad", "methods.nosuch.lr=1"], "unknown method 'nosuch'")]:
+        r = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(tmp_path), *args)
+        assert r.returncode == 2 and fragment in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)

@@ -97,6 +97,37 @@ def test_a_test_class_the_train_split_lacks_is_named(tmp_path, mnist_data):
 
     folder = digits_folder(tmp_path / "digits", mnist_data, n_train=1, n_test=1)
     (folder / "test" / "digit9").mkdir()
+    # found when the suite is read (so by `validate` too), before anything is decoded
+    with pytest.raises(HarnessError, match="class folder.s. digit9 under .*test are not among the training"):
+        load_suite(str(suite_file(tmp_path, folder)))
+    # and when the folder changes after that, by the decoder
+    (folder / "test" / "digit9").rmdir()
     load_suite(str(suite_file(tmp_path, folder)))
+    (folder / "test" / "digit9").mkdir()
     with pytest.raises(HarnessError, match="class folder.s. digit9 not in"):
         get_dataset("digits").load("test", tmp_path / "cache")
+
+
+def test_folder_mistakes_are_found_when_the_suite_is_read(tmp_path, mnist_data):
+    import shutil
+
+    from harness.config import load_suite
+    from harness.data import get_dataset
+
+    folder = digits_folder(tmp_path / "digits", mnist_data, n_train=2, n_test=1)
+    suite = suite_file(tmp_path, folder)
+    # a class folder with nothing but the OS's clutter in it would be a class with no images (an extra output)
+    (folder / "train" / "digit8").mkdir()
+    (folder / "train" / "digit8" / "Thumbs.db").write_bytes(b"thumbnails")
+    with pytest.raises(HarnessError, match="class folder.s. digit8 under .*train have no images"):
+        load_suite(str(suite))
+    shutil.rmtree(folder / "train" / "digit8")
+    shutil.move(folder / "test", tmp_path / "test-aside")
+    with pytest.raises(HarnessError, match="no folder .*digits/test "):
+        load_suite(str(suite))
+    shutil.move(tmp_path / "test-aside", folder / "test")
+    # beside images the clutter is skipped, not decoded
+    (folder / "train" / "digit3" / "Thumbs.db").write_bytes(b"thumbnails")
+    (folder / "train" / "digit3" / "desktop.ini").write_text("[.ShellClassInfo]")
+    load_suite(str(suite))
+    assert get_dataset("digits").load("train", tmp_path / "cache").y.bincount().tolist() == [2, 2, 2]

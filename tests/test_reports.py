@@ -224,3 +224,44 @@ def test_cli_paper_table_and_formats(golden):
     bad = CliRunner().invoke(app, ["report", "--paper-table", "xyz", "--runs-dir", str(runs)])
     assert bad.exit_code == 2 and "--paper-table 'xyz'" in bad.output
 
+
+
+def test_runs_that_cannot_share_a_cell_are_not_averaged(golden):
+    """Seeds of one method made with different configs are n/a with the key that differs; a finished run without
+    a number, an unreadable summary and an interrupted run are footnoted; none of them is counted in n."""
+    import yaml
+
+    suite, runs = golden
+    store = Store(runs, "mnist")
+    for seed in (0, 1, 2):
+        cfg = {**suite.run_config("dfad", seed), "runtime": {"precision": "auto", "threads": seed}}  # speed only
+        if seed == 2:
+            cfg["budget"] = {**cfg["budget"], "iterations": 300}
+        store.run("dfad", seed).config.write_text(yaml.safe_dump(cfg))
+    put(store, "dafl", 0, best=0.9), put(store, "dafl", 2, best=0.8)
+    write_json(store.run("dafl", 1).summary_path, {"status": "done"})  # done, but no best_acc
+    store.run("dafl", 2).summary_path.write_text('{"status": "do')  # truncated
+    put(store, "kd_unr", 0, "interrupted")
+    md = to_markdown(build_table([suite], ["mnist"], runs))
+    assert "| DFAD | 134K | n/a<sup>" in md
+    assert "not averaged: seed 0 and seed 2 were run with different configs (budget.iterations differs)" in md
+    assert "| DAFL | 134K | 0.900 (n=1)<sup>" in md
+    assert "2 of 3 seeds did not finish: summary.json has no best_acc" in md
+    assert "| KD-UNR | 134K | n/a<sup>" in md and "not finished: seed 0 interrupted (run the suite again to resume it)" in md
+    store.run("dfad", 2).config.write_text(yaml.safe_dump({**suite.run_config("dfad", 2), "runtime": {}}))
+    assert "| DFAD | 134K | **0.983 ± 0.002** |" in to_markdown(build_table([suite], ["mnist"], runs))
+
+
+def test_two_suites_on_one_dataset_get_a_column_each(golden, tmp_path):
+    suite, runs = golden
+    other = tmp_path / "mnist-b.yaml"
+    other.write_text(SUITE)
+    put(Store(runs, "mnist-b"), "dfad", 0, best=0.5)
+    md = to_markdown(build_table([suite, load_suite(str(other), "paper")], ["mnist", "mnist"], runs))
+    assert "MNIST (mnist) Acc." in md and "MNIST (mnist-b) Acc." in md
+    assert "| DFAD | 134K | **0.983 ± 0.002** | 134K | **0.500 (n=1)** |" in md
+    import pytest
+
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError, match="a suite is named twice"):
+        build_table([suite, suite], ["mnist", "mnist"], runs)

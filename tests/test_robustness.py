@@ -167,3 +167,20 @@ def test_allocator_setting_changes_no_result(tmp_path, mnist_data):
     on, off = student_of(tmp_path / "true"), student_of(tmp_path / "false")
     for k, v in on.items():
         assert torch.equal(v, off[k]), k
+
+
+def test_store_files_follow_the_umask_and_odd_summaries_read_as_none(tmp_path):
+    """Atomic writes go through mkstemp, whose files are 0600: a shared runs dir would hide them from the group."""
+    import os
+
+    from harness.store import atomic_write, read_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", "[1, 2]")
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    assert read_json(tmp_path / "a.json") is None  # valid JSON, but not the object a summary is
+    (tmp_path / "b.json").write_bytes(b"\xff\xfe")
+    assert read_json(tmp_path / "b.json") is None

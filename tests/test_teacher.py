@@ -150,3 +150,23 @@ def test_train_subset_is_drawn_from_every_class():
     # a teacher cached when the subset was the first N is another teacher: the key says how it is drawn
     assert "train_subset_draw" in teacher_key(load_suite("mnist", "smoke"))
     assert "train_subset_draw" not in teacher_key(load_suite("mnist", "paper"))
+
+
+def test_runs_from_a_teacher_checkpoint_record_its_contents(tmp_path):
+    """The file's bytes, not its name, identify the teacher: a checkpoint replaced under one name is another
+    teacher (finished runs are not passed off as its runs), a copy elsewhere is the same one."""
+    import shutil
+
+    from harness.config import load_suite
+    from harness.runner import config_difference
+
+    a = tmp_path / "lenet.pt"
+    torch.save(build_model("lenet5").state_dict(), a)
+    one = load_suite("mnist", "smoke", [f"teacher.checkpoint={a}"]).run_config("dfad", 0)
+    shutil.copy(a, tmp_path / "copy.pt")
+    copy = load_suite("mnist", "smoke", [f"teacher.checkpoint={tmp_path / 'copy.pt'}"]).run_config("dfad", 0)
+    assert one["teacher_sha256"] == copy["teacher_sha256"] and len(one["teacher_sha256"]) == 16
+    torch.save(build_model("lenet5").state_dict(), a)  # other weights, same name
+    two = load_suite("mnist", "smoke", [f"teacher.checkpoint={a}"]).run_config("dfad", 0)
+    assert config_difference(one, two) == "teacher_sha256"
+    assert "teacher_sha256" not in load_suite("mnist", "smoke").run_config("dfad", 0)  # trained teachers: as before

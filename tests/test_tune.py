@@ -134,3 +134,26 @@ def test_a_study_scored_on_another_split_is_not_extended(tmp_path):
     old.set_user_attr("objective", "best student accuracy on the last 10% of mnist's training set")
     with pytest.raises(HarnessError, match="another validation split .* give --study a new name"):
         tune(suite, "dfad", 1, runs_dir=tmp_path)
+
+
+def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
+    """Extending a study draws new points (a sampler seeded as before would repeat its first trials exactly), and
+    extending it with another budget is refused: those trials would not rank against these."""
+    import optuna
+
+    from harness.tune import open_storage, tune
+
+    suite = load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled"])
+    for _ in range(2):
+        tune(suite, "dfad", 2, runs_dir=runs, log=lambda *_: None)
+    name = "mnist-dfad-smoke"
+    trials = sorted(optuna.load_study(study_name=name, storage=open_storage(None, runs, name)).trials,
+                    key=lambda t: t.number)
+    lrs = [t.params["lr_S"] for t in trials]
+    assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
+    longer = load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "budget.iterations=6"])
+    with pytest.raises(HarnessError, match=r"another config \(budget.iterations differs\).*--study a new name"):
+        tune(longer, "dfad", 1, runs_dir=runs)
+    # the searched parameters are not part of a study's config: another batch size choice still extends it
+    tune(load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "methods.dfad.batch_size=16"]),
+         "dfad", 1, runs_dir=runs, log=lambda *_: None)
