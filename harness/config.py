@@ -310,7 +310,7 @@ def list_suites() -> list[str]:
     return sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml"))
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "suite file") -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -318,9 +318,9 @@ def read_yaml(path: Path) -> dict:
         where = f" line {mark.line + 1}" if mark else ""
         raise HarnessError(f"{path}:{where} malformed YAML ({getattr(e, 'problem', e)})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise HarnessError(f"{path}: cannot read suite file ({e})") from None
+        raise HarnessError(f"{path}: cannot read {what} ({e})") from None
     if not isinstance(data, dict):
-        raise HarnessError(f"{path}: a suite file must be a mapping of keys, got {type(data).__name__}")
+        raise HarnessError(f"{path}: a {what} must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
@@ -388,8 +388,10 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         raw = deep_merge(raw, profiles[profile])
     raw.setdefault("name", path.stem)
     raw["profile"] = profile
-    if params_file:
-        raw = deep_merge(raw, read_yaml(Path(params_file)))
+    source = str(path)
+    if params_file:  # errors name both files: a key may come from either
+        raw = deep_merge(raw, read_yaml(Path(params_file), "--params file"))
+        source = f"{path} with --params {params_file}"
     for text in overrides:
         apply_override(raw, *parse_override(text))
     default_methods = raw.pop("run_methods", None)  # a profile's default selection (e.g. CPU-sized)
@@ -402,14 +404,14 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         known = raw.get("methods") or {}
         if not isinstance(known, dict):
             raise HarnessError(f"{path}: methods must be a mapping of method names (got {known!r})")
-        validate(raw, str(path))  # every entry, also those --methods leaves out: an override's typo is not ignored
+        validate(raw, source)  # every entry, also those --methods leaves out: an override's typo is not ignored
         for m in methods:
             if m not in known:
                 METHODS.get(m)
         raw["methods"] = {m: known.get(m, {}) for m in methods}
     if seeds is not None:
         raw["seeds"] = list(seeds)
-    return validate(raw, str(path))
+    return validate(raw, source)
 
 
 def validate(raw: dict, source: str = "suite") -> Suite:

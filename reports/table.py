@@ -144,16 +144,18 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
     first = next((s for s in suites if s is not None), None)
     seg = all(n in SEG_DATASETS for n in names)
     t = Table(rows, columns, cells, {r: group(r, first) for r in rows}, value_name="mIoU" if seg else "Acc.")
-    t.caption = caption(t, suites, metric)
+    t.caption = caption(t, [s for s in suites if s is not None and (Path(runs_dir) / s.name).is_dir()], metric)
     return t
 
 
 def caption(t: Table, suites: list[Suite | None], metric: str) -> str:
-    ns = t.seed_counts() or [0]
-    n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]} (cells with fewer seeds say so)"
+    """suites: those with runs (a paper table's other columns are n/a and have no profile to name)."""
+    ns = t.seed_counts()
+    n = ("no finished runs" if not ns else f"n={ns[0]} seeds" if len(ns) == 1
+         else f"n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
     profiles = sorted({s.profile for s in suites if s is not None})
     what = "mIoU" if t.value_name == "mIoU" else "Test accuracy"
-    return (f"{what} ({metric} over evaluations), mean ± std over {n} seeds; "
+    return (f"{what} ({metric} over evaluations), mean ± std over {n}; "
             f"FLOPs: student MACs per image; bold: best data-free result per dataset; "
             f"profile: {', '.join(profiles) or 'none'}.")
 

@@ -64,7 +64,7 @@ def golden(tmp_path):
     return suite, tmp_path / "runs"
 
 
-CAPTION = ("Test accuracy (best over evaluations), mean ± std over n=2-3 (cells with fewer seeds say so) seeds; "
+CAPTION = ("Test accuracy (best over evaluations), mean ± std over n=2-3 seeds (cells with fewer say so); "
            "FLOPs: student MACs per image; bold: best data-free result per dataset; profile: paper.")
 MD = f"""**{CAPTION}**
 
