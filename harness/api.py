@@ -129,7 +129,8 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
     except ValidationError as e:
         raise HarnessError(f"distill: {one_line(e)}") from None
     dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # reading data draws numbers too
+    # every CUDA generator too: build_context's manual_seed seeds them all (reading data draws numbers as well)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
         test, input_shape, num_classes = check_inputs(teacher, student, test_set, train_set, input_shape, num_classes)
         kept = [ModuleState(teacher), ModuleState(student)]
         try:

@@ -197,6 +197,8 @@ class Suite(Strict):
         for name in v:  # a label names its runs' folder and override paths (methods.<label>.<key>)
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
                 raise ValueError(f"method name {name!r}: use letters, digits, '_' and '-' (it names folders)")
+            if name in ("teacher", "report"):  # the suite's own folders beside the methods'
+                raise ValueError(f"method name {name!r} is reserved (the suite's {name} folder)")
         return v
 
     @field_validator("seeds")

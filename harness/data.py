@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from .errors import HarnessError, MissingDataError, first_line
 from .registry import DATASETS, normalize
@@ -341,9 +341,10 @@ class LoaderBatches:
             n = len(dataset) if hasattr(dataset, "__len__") else None
             if n == 0:
                 raise HarnessError("train_set is empty")
-            g = torch.Generator().manual_seed(seed)
+            shuffle = not isinstance(dataset, IterableDataset)  # a stream comes in its own order
+            g = torch.Generator().manual_seed(seed) if shuffle else None
             # a set smaller than the batch gives batches of all of it (drop_last would give none)
-            self.loader = DataLoader(dataset, batch_size=min(batch_size, n or batch_size), shuffle=True,
+            self.loader = DataLoader(dataset, batch_size=min(batch_size, n or batch_size), shuffle=shuffle,
                                      drop_last=True, generator=g, num_workers=workers,
                                      pin_memory=torch.device(device).type == "cuda",
                                      collate_fn=collate_pairs)  # PIL images as ToTensor makes them, as for test sets
@@ -362,7 +363,10 @@ class LoaderBatches:
                 x, y = next(self._it)
             except StopIteration:
                 raise HarnessError("train_set gives no batches") from None
-        return float_images(x.to(self.device, non_blocking=True)), class_labels(y.to(self.device, non_blocking=True))
+        if isinstance(y, torch.Tensor):  # labels as they come (KD reads only the teacher), a label column squeezed
+            y = y.to(self.device, non_blocking=True)
+            y = y[:, 0] if y.dim() == 2 and y.shape[1] == 1 else y
+        return float_images(x.to(self.device, non_blocking=True)), y
 
     def state_dict(self):
         return {}
@@ -398,7 +402,7 @@ def float_images(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
-def class_labels(y: torch.Tensor, what: str = "train_set") -> torch.Tensor:
+def class_labels(y: torch.Tensor, what: str = "test_set") -> torch.Tensor:
     """Labels as the loop compares them: (N,) class indices (an (N, 1) column squeezed) or (N, H, W) maps.
     Others, one-hot (N, K) above all, are refused: compared with (N,) predictions they would broadcast."""
     if y.dim() == 2 and y.shape[1] == 1:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import Suite
 from .errors import HarnessError
-from .runner import SuiteOutcome, check_finished_runs, planned_runs
+from .runner import SuiteOutcome, check_finished_runs, check_models, planned_runs
 from .store import Store
 
 
@@ -61,6 +61,7 @@ def launch(suite: Suite, runs_dir: str | Path, force: bool, kind: str, log=print
     runs_dir = Path(runs_dir).resolve()  # jobs may start in another working directory
     store = Store(runs_dir, suite.name)
     store.ensure_writable()
+    check_models(suite)  # as run_suite: a missing checkpoint is named before finished runs are compared
     check_finished_runs(suite, store, force)
     ex = executor(kind, runs_dir / "submitit" / suite.name, suite)
     dump = suite.model_dump(mode="json")

@@ -216,6 +216,11 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     config["params"] = {k: v for k, v in suite.run_config(method, 0)["params"].items()
                         if k not in suite.search[method]}
     config = json.loads(json.dumps(config, default=str))
+    # what differs from machine to machine on one shared study is not the trial's config: where the images are
+    # (their bytes' folder fingerprint) and how the checkpoint's path is spelled (teacher_sha256 says which it is)
+    config.get("dataset_def", {}).pop("files", None)
+    config.get("dataset_def", {}).pop("folder", None)
+    config.get("teacher", {}).pop("checkpoint", None)
     if (stored := st.user_attrs.get("config")) is not None and (key := config_difference(stored, config, ())):
         raise HarnessError(f"study {study} was run with another config ({key} differs); its trials cannot be "
                            f"compared with new ones: give --study a new name")

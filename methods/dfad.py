@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.losses import DISCREPANCIES, GENERATOR_OBJECTIVES
 from harness.method import Milestones, Method, Params, ScheduleKind, adam, make_scheduler, sgd
 from harness.models import build_model
@@ -54,7 +54,7 @@ class AdversarialMethod(Method):
             finally:
                 self.generator.train()
         if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(c.input_shape):
-            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else f"{type(out).__name__}"
+            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else f"{type(out).__name__}: {first_line(out)}"
             raise HarnessError(f"{self.name}: generator {p.generator!r} does not make images of the input shape "
                                f"{tuple(c.input_shape)} from noise of size nz={p.nz} (got {got})")
 

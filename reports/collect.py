@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.config import Suite, method_of
 from harness.errors import first_line
-from harness.store import RunDir, Store, read_json
+from harness.store import METRIC_FIELDS, RunDir, Store, read_json
 
 # The paper's row order; a rule separates data-driven rows from data-free rows, another the later methods.
 PAPER_ORDER = ["teacher", "kd_ori", "kd_rel", "kd_unr", "random", "dafl", "dfad", "zskt", "dfq"]
@@ -84,7 +84,9 @@ def curves(runs_dir: str | Path, suite_name: str, method: str) -> pd.DataFrame:
         if rd.method == method and rd.is_done() and rd.metrics.is_file():
             try:
                 df = pd.read_csv(rd.metrics)
-                df = df.apply(pd.to_numeric, errors="raise")
+                for col in df.columns:  # the numbers the plots read; text columns (`metric`: miou) stay as they are
+                    if col in METRIC_FIELDS or col.startswith(("loss", "lr")):
+                        df[col] = pd.to_numeric(df[col], errors="raise")
             except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
                 print(f"warning: {rd.metrics} unreadable, left out of the curves ({first_line(e)[:120]})",
                       file=sys.stderr)
@@ -151,7 +153,7 @@ def mixed_configs(done: pd.DataFrame) -> str | None:
             continue
         if key := config_difference(a, b, (), missing_differs=False):
             return (f"not averaged: seed {first['seed']} and seed {r['seed']} were run with different configs "
-                    f"({key} differs); give each config its own --runs-dir, or redo one with --force")
+                    f"({key} differs); give each config its own --runs-dir, or redo a seed with --seeds N --force")
     return None
 
 

@@ -180,6 +180,14 @@ def test_user_train_sets_of_any_size_or_as_a_dataloader():
     res = harness.distill(TinyNet(), TinyNet(), method="kd_ori", test_set=_data(), train_set=loader,
                           iterations=2, eval_every=2, precision="fp32")
     assert len(res.history) == 1
+    class Stream(torch.utils.data.IterableDataset):  # in its own order; labels KD never reads (40 attributes)
+        def __iter__(self):
+            g = torch.Generator().manual_seed(1)
+            return iter([(torch.randn(2, 20, 24, generator=g), torch.zeros(40)) for _ in range(20)])
+
+    res = harness.distill(TinyNet(), TinyNet(), method="kd_ori", test_set=_data(), train_set=Stream(),
+                          iterations=3, eval_every=3, batch_size=8, precision="fp32")
+    assert len(res.history) == 1
     u8 = torch.randint(0, 256, (3, 2, 4, 4), dtype=torch.uint8)
     assert torch.equal(materialize(TensorDataset(u8, torch.zeros(3, dtype=torch.long))).x, u8.float() / 255)
 

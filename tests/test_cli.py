@@ -129,6 +129,10 @@ def test_method_names_and_seeds_that_would_misname_folders_are_refused(tmp_path)
         "methods:\n", "methods:\n  ../escape: {method: dfad}\n", 1))
     r = cli("run", str(suite), "--profile", "smoke", "--runs-dir", str(tmp_path))
     assert r.returncode == 2 and "method name '../escape'" in r.stderr, r.stderr
+    suite.write_text((REPO / "benchmarks" / "mnist.yaml").read_text().replace(
+        "methods:\n", "methods:\n  report: {method: dfad}\n", 1))
+    r = cli("validate", str(suite))
+    assert r.returncode == 2 and "method name 'report' is reserved" in r.stderr, r.stderr
     for args, fragment in [(["--seeds", "0,0"], "each seed once"), (["--seeds=-1"], "none negative"),
                            (["methods.dfad.lr_S=inf"], "methods.dfad.lr_S: Input should be a finite number"),
                            (["--methods", "dfad", "methods.nosuch.lr=1"], "unknown method 'nosuch'")]:

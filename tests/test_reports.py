@@ -265,3 +265,16 @@ def test_two_suites_on_one_dataset_get_a_column_each(golden, tmp_path):
     from harness.errors import HarnessError
     with pytest.raises(HarnessError, match="a suite is named twice"):
         build_table([suite, suite], ["mnist", "mnist"], runs)
+
+
+def test_segmentation_curves_keep_their_metric_column(golden):
+    """The loop writes `metric` (miou) beside the numbers of dense tasks: a text column is not an unreadable file."""
+    from reports.collect import curves
+
+    suite, runs = golden
+    rd = Store(runs, "mnist").run("dfad", 0)
+    rd.metrics.write_text("iteration,test_acc,elapsed_s,loss_S,metric\n50,0.4,1.0,0.5,miou\n100,0.5,2.0,0.3,miou\n")
+    c = curves(runs, "mnist", "dfad")
+    assert sorted(c[c["seed"] == 0]["test_acc"]) == [0.4, 0.5] and set(c["seed"]) == {0, 1, 2}
+    rd.metrics.write_text("iteration,test_acc\n50,abc\n")  # a number that is not one: that run is left out
+    assert set(curves(runs, "mnist", "dfad")["seed"]) == {1, 2}
