@@ -72,6 +72,25 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
                 f"{s.get('iterations')} iterations); pass --force to redo it or --runs-dir to keep both")
 
 
+def other_seed_conflicts(suite: Suite, store: Store) -> list[str]:
+    """Finished seeds of this suite's methods that this invocation does not run, made with another config: the
+    table will not average them with the new ones (a cell of mixed configs is n/a), so say so before training."""
+    out = []
+    for method in suite.method_names():
+        for rd in store.runs():
+            s = rd.summary()
+            if rd.method != method or rd.seed in suite.seeds or not (s and s.get("status") == "done"):
+                continue
+            stored = read_yaml_or_none(rd.config)
+            current = suite.run_config(method, rd.seed)
+            if stored and (key := config_difference(stored, current) or (
+                    "runtime.precision" if _precision(stored) != _precision(current) else None)):
+                out.append(f"{method} seed {rd.seed} in {store.dir} finished with another config ({key} differs); "
+                           f"the table will show {method} as n/a until its seeds share one config")
+                break
+    return out
+
+
 def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
     """Equal on every key the stored run recorded; keys added to the schema since then are ignored,
     so upgrading the harness does not orphan finished runs. Runtime switches (device, threads, layout,
@@ -300,6 +319,8 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     with progress:
         progress.log(f"suite {suite.name} (profile {suite.profile}) on {env.device_name(device)}: "
                      f"{len(runs)} runs into {store.dir}")
+        for line in other_seed_conflicts(suite, store):
+            progress.log(f"warning: {line}")
         with exclusive(Path(runs_dir) / "teachers" / f".{suite.name}-{suite.dataset}.lock", wait=True):
             teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
         progress.log(f"teacher {suite.teacher.model.name}: test acc {teacher.acc:.4f} ({teacher.source})")

@@ -138,3 +138,21 @@ def test_method_names_and_seeds_that_would_misname_folders_are_refused(tmp_path)
                            (["--methods", "dfad", "methods.nosuch.lr=1"], "unknown method 'nosuch'")]:
         r = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(tmp_path), *args)
         assert r.returncode == 2 and fragment in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+
+
+def test_a_new_seed_with_another_config_is_warned_about(runs):
+    """Seeds of one method are averaged only when they share a config: running a new seed with other overrides
+    into the same runs dir says, before training, that the table will show n/a for that method."""
+    from typer.testing import CliRunner
+
+    from conftest import SMOKE_TEACHER
+    from harness.cli import app
+
+    base = ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--runs-dir", str(runs), *SMOKE_TEACHER,
+            "tracking.wandb.mode=disabled", "budget.eval_every=5", "methods.dfad.batch_size=8"]
+    first = CliRunner().invoke(app, [*base, "--seeds", "0", "budget.iterations=5"])
+    assert first.exit_code == 0 and "warning" not in first.output, first.output[-1500:]
+    second = CliRunner().invoke(app, [*base, "--seeds", "1", "budget.iterations=10"])
+    assert second.exit_code == 0, second.output[-1500:]
+    assert "warning: dfad seed 0 in" in second.output and "(budget.iterations differs)" in second.output
+    assert "| DFAD | 134K | n/a" in second.output and "not averaged: seed 0 and seed 1" in second.output
