@@ -13,7 +13,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark harness for data-free knowledge distillation (DFAD and its baselines).")
 
 RUNS_DIR = typer.Option("runs", "--runs-dir", help="Where runs are stored: <runs-dir>/<suite>/<method>/seed-<n>/")
-PROFILE = typer.Option(None, "--profile", "-p", help="paper | quick | smoke (default: paper with CUDA, else quick)")
+PROFILE = typer.Option(None, "--profile", "-p", help="paper, or one of the suite's profiles: quick, smoke, ... "
+                       "(default: paper with CUDA, else quick where the suite has it)")
 OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. budget.iterations=500")
 
 

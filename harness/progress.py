@@ -57,7 +57,8 @@ class SuiteProgress:
     def on_eval(self, row: dict) -> None:
         if not self._bars:
             losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("loss"))
-            self.log(f"  {self._run_label} it {row['iteration']}: test acc {row['test_acc']:.4f} {losses} "
+            what = "mIoU" if row.get("metric") == "miou" else "acc"
+            self.log(f"  {self._run_label} it {row['iteration']}: test {what} {row['test_acc']:.4f} {losses} "
                      f"({row['elapsed_s']:.0f}s)")
 
     def end_run(self, status: str, detail: str = "", label: str | None = None) -> None:

@@ -179,9 +179,11 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
                             recipe.epochs, log)
     total = steps_per_epoch * epochs
     if recipe.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total, pct_start=0.25)
-    else:
-        fracs = [m / epochs for m in recipe.milestones]
+        # OneCycleLR divides by its warm-up's length less one step: 0.25 of 4 steps would be 0
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total,
+                                                    pct_start=0.25 if total * 0.25 != 1 else 0.3)
+    else:  # milestones at their place in the planned epochs, also when a time budget runs fewer
+        fracs = [m / recipe.epochs for m in recipe.milestones]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(recipe.schedule, total, fracs, recipe.gamma))
     for epoch in range(epochs):
         loss_sum = torch.zeros((), device=device)

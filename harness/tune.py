@@ -309,7 +309,7 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
                  storage: Optional[str] = typer.Option(None, "--storage", help="journal file path or RDB URL "
                                                        "(default <runs-dir>/tune/<study>.journal)"),
                  study: Optional[str] = typer.Option(None, "--study", help="default <suite>-<method>-<profile>"),
-                 profile: Optional[str] = typer.Option(None, "--profile", "-p", help="paper | quick | smoke"),
+                 profile: Optional[str] = typer.Option(None, "--profile", "-p", help="paper, or one of the suite's profiles (quick, smoke, ...)"),
                  jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes on this machine"),
                  pruner: str = typer.Option("median", "--pruner", help="median | hyperband"),
                  seed: int = typer.Option(0, "--seed", help="sampler seed (worker i uses seed + i; a resumed study adds 1000 x its trial count)"),

@@ -8,6 +8,7 @@ from harness.store import atomic_write
 
 from . import plots
 from .ablation import ablation_table, is_ablation
+from .collect import metric_name
 from .markdown import report_md
 from .table import Table, build_table, write_report, write_tables
 
@@ -16,8 +17,9 @@ def suite_report(suite: Suite, runs_dir, metric: str = "best", with_paper: str |
     """Everything for one suite under <runs-dir>/<suite>/report/; returns report.md's path."""
     out, _ = write_report(suite, runs_dir, metric, with_paper)
     figures = []
-    for cap, fn in (("Test accuracy during training", plots.accuracy),
-                    ("Test accuracy against wall time", plots.accuracy_time), ("DFAD losses", plots.losses),
+    what = metric_name(suite.dataset).replace("test", "Test")
+    for cap, fn in ((f"{what} during training", plots.accuracy),
+                    (f"{what} against wall time", plots.accuracy_time), ("DFAD losses", plots.losses),
                     ("Generated samples (final generators)", plots.samples)):
         png = fn(suite, runs_dir, out)
         if png:

@@ -26,6 +26,11 @@ DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-10
 SEG_DATASETS = {"camvid", "nyuv2", "cityscapes", "voc2012"}
 
 
+def metric_name(dataset: str) -> str:
+    """What a suite's curves measure: mIoU for dense tasks, accuracy otherwise."""
+    return "test mIoU" if dataset in SEG_DATASETS else "test accuracy"
+
+
 def label(method: str) -> str:
     return LABELS.get(method, method)
 

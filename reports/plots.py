@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from harness.config import Suite, method_of  # noqa: E402
 
-from .collect import curves, done_runs, label, teacher_summary  # noqa: E402
+from .collect import curves, done_runs, label, metric_name, teacher_summary  # noqa: E402
 
 
 def save(fig, out_dir: Path, name: str) -> Path:
@@ -64,8 +64,9 @@ def accuracy(suite: Suite, runs_dir, out_dir: Path, methods: list[str] | None = 
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="wall time (min, mean over seeds)" if x == "minutes" else "iteration", ylabel="test accuracy",
-           title=f"{suite.name} ({suite.profile}): test accuracy",
+    what = metric_name(suite.dataset)
+    ax.set(xlabel="wall time (min, mean over seeds)" if x == "minutes" else "iteration", ylabel=what,
+           title=f"{suite.name} ({suite.profile}): {what}",
            ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -129,11 +130,14 @@ def generator_grid(rd, dataset: str, n: int):
     gen_state = state.get("method", {}).get("modules", {}).get("generator")
     if gen_state is None:  # not a generator-based method
         return None
-    p = yaml.safe_load(rd.config.read_text())["params"]
+    cfg = yaml.safe_load(rd.config.read_text())
+    p = cfg["params"]
     spec = get_dataset(dataset)
     G = build_model(p.get("generator", "generator_a"), nz=p["nz"], ngf=p["ngf"], input_shape=spec.input_shape)
     G.load_state_dict(gen_state)
-    G.eval()  # running BN statistics, as the method's own sample() does
+    # running BN statistics, as the method's own sample() does; RANDOM's generator is never trained and normalises
+    # each batch by its own statistics (its running ones stay as initialised): its images are drawn that way
+    G.train(cfg.get("method_class", cfg.get("method")) == "random")
     with torch.no_grad():
         x = G(torch.randn(n, p["nz"], generator=torch.Generator().manual_seed(0))).float()
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
@@ -155,7 +159,7 @@ def ablation(suites: list[Suite], runs_dir, out_dir: Path, name: str = "ablation
             if len(df):
                 band(ax, df, "test_acc", LOSS_LABELS.get(loss, loss))
                 drawn += 1
-        ax.set(xlabel="iteration", ylabel="test accuracy", title=f"{s.name} ({s.dataset}): loss ablation",
+        ax.set(xlabel="iteration", ylabel=metric_name(s.dataset), title=f"{s.name} ({s.dataset}): loss ablation",
                ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -145,20 +145,26 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
     first = next((s for s in suites if s is not None), None)
     seg = all(n in SEG_DATASETS for n in names)
     t = Table(rows, columns, cells, {r: group(r, first) for r in rows}, value_name="mIoU" if seg else "Acc.")
-    t.caption = caption(t, [s for s in suites if s is not None and (Path(runs_dir) / s.name).is_dir()], metric)
+    # the profiles the stored runs were made with (the suite's loaded one only where none is recorded)
+    profiles = set()
+    for s in suites:
+        if s is not None and (Path(runs_dir) / s.name).is_dir():
+            recorded = set(runs_frame(runs_dir, s.name)["profile"].dropna())
+            profiles |= recorded or {s.profile}
+    t.caption = caption(t, sorted(profiles), metric)
     return t
 
 
-def caption(t: Table, suites: list[Suite | None], metric: str) -> str:
-    """suites: those with runs (a paper table's other columns are n/a and have no profile to name)."""
+def caption(t: Table, profiles: list[str], metric: str) -> str:
+    """profiles: those of the stored runs (a paper table's columns without runs have none to name)."""
     ns = t.seed_counts()
     n = ("no finished runs" if not ns else f"n={ns[0]} seeds" if len(ns) == 1
          else f"n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
-    profiles = sorted({s.profile for s in suites if s is not None})
     what = "mIoU" if t.value_name == "mIoU" else "Test accuracy"
     return (f"{what} ({metric} over evaluations), mean ± std over {n}; "
             f"FLOPs: student MACs per image; bold: best data-free result per dataset; "
-            f"profile: {', '.join(profiles) or 'none'}.")
+            + (f"profiles: {', '.join(profiles)} (mixed: each run's summary.json says which)." if len(profiles) > 1
+               else f"profile: {', '.join(profiles) or 'none'}."))
 
 
 def tidy(t: Table) -> pd.DataFrame:

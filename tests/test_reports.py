@@ -278,3 +278,11 @@ def test_segmentation_curves_keep_their_metric_column(golden):
     assert sorted(c[c["seed"] == 0]["test_acc"]) == [0.4, 0.5] and set(c["seed"]) == {0, 1, 2}
     rd.metrics.write_text("iteration,test_acc\n50,abc\n")  # a number that is not one: that run is left out
     assert set(curves(runs, "mnist", "dfad")["seed"]) == {1, 2}
+
+
+def test_caption_names_the_profiles_the_runs_were_made_with(golden):
+    suite, runs = golden
+    assert build_table([suite], ["mnist"], runs).caption.endswith("profile: paper.")
+    put(Store(runs, "mnist"), "dafl", 0, best=0.5, profile="smoke")
+    assert "profiles: paper, smoke (mixed: each run's summary.json says which)" in \
+        build_table([suite], ["mnist"], runs).caption

@@ -170,3 +170,16 @@ def test_runs_from_a_teacher_checkpoint_record_its_contents(tmp_path):
     two = load_suite("mnist", "smoke", [f"teacher.checkpoint={a}"]).run_config("dfad", 0)
     assert config_difference(one, two) == "teacher_sha256"
     assert "teacher_sha256" not in load_suite("mnist", "smoke").run_config("dfad", 0)  # trained teachers: as before
+
+
+@pytest.mark.parametrize("subset", [512, 256])  # 4 and 2 steps: one-cycle's warm-up of 0.25 x 4 steps is 1 step
+def test_one_cycle_teacher_with_a_handful_of_steps(mnist_data, subset):
+    from harness.config import TeacherRecipe
+    from harness.data import get_dataset
+    from harness.teacher import train_teacher
+
+    recipe = TeacherRecipe(epochs=1, batch_size=128, lr=0.05, schedule="onecycle", train_subset=subset,
+                           precision="fp32")
+    _, acc, _, epochs = train_teacher(build_model("lenet5"), get_dataset("mnist"), recipe, torch.device("cpu"),
+                                      log=lambda *_: None)
+    assert epochs == 1 and 0 <= acc <= 1
