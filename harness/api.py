@@ -103,7 +103,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
 class DistillArgs(BaseModel):
     """distill()'s own arguments, checked as a suite file's budget and runtime are."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid")
     seed: int
     iterations: int = Field(gt=0)
     eval_every: int = Field(gt=0)

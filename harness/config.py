@@ -174,6 +174,12 @@ class SearchParam(Strict):
         return self.choices is None and all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
 
 
+def folder_name(kind: str, name) -> None:
+    """Names that become folders (runs, caches): letters, digits, '_' and '-', starting with a letter."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+        raise ValueError(f"{kind} name {name!r}: use letters, digits, '_' and '-' (it names folders)")
+
+
 class Suite(Strict):
     name: str
     description: str = ""
@@ -195,8 +201,7 @@ class Suite(Strict):
     @classmethod
     def _method_names(cls, v):
         for name in v:  # a label names its runs' folder and override paths (methods.<label>.<key>)
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
-                raise ValueError(f"method name {name!r}: use letters, digits, '_' and '-' (it names folders)")
+            folder_name("method", name)
             if name in ("teacher", "report"):  # the suite's own folders beside the methods'
                 raise ValueError(f"method name {name!r} is reserved (the suite's {name} folder)")
         return v
@@ -214,8 +219,7 @@ class Suite(Strict):
         from .data import is_builtin
 
         for name in v:
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
-                raise ValueError(f"dataset name {name!r}: use letters, digits, '_' and '-' (it names folders)")
+            folder_name("dataset", name)
             if is_builtin(name):
                 raise ValueError(f"{name!r} is a built-in dataset; give yours another name")
         return v

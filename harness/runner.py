@@ -65,8 +65,8 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
             raise HarnessError(
                 f"{rd.path} finished with runtime.precision={_precision(stored)}, not {_precision(current)}; "
                 f"pass --force to redo it or --runs-dir to keep both")
-        if stored is None or not same_config(stored, current):
-            what = f"{key} differs, " if stored and (key := config_difference(stored, current)) else ""
+        if stored is None or (key := run_difference(stored, current)):
+            what = f"{key} differs, " if stored else ""
             raise HarnessError(
                 f"{rd.path} finished with a different config ({what}profile {s.get('profile')!r}, "
                 f"{s.get('iterations')} iterations); pass --force to redo it or --runs-dir to keep both")
@@ -75,19 +75,15 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
 def other_seed_conflicts(suite: Suite, store: Store) -> list[str]:
     """Finished seeds of this suite's methods that this invocation does not run, made with another config: the
     table will not average them with the new ones (a cell of mixed configs is n/a), so say so before training."""
-    out = []
-    for method in suite.method_names():
-        for rd in store.runs():
-            s = rd.summary()
-            if rd.method != method or rd.seed in suite.seeds or not (s and s.get("status") == "done"):
-                continue
-            stored = read_yaml_or_none(rd.config)
-            current = suite.run_config(method, rd.seed)
-            if stored and (key := config_difference(stored, current) or (
-                    "runtime.precision" if _precision(stored) != _precision(current) else None)):
-                out.append(f"{method} seed {rd.seed} in {store.dir} finished with another config ({key} differs); "
-                           f"the table will show {method} as n/a until its seeds share one config")
-                break
+    out, warned = [], set()
+    for rd in store.runs():
+        if rd.method not in suite.methods or rd.method in warned or rd.seed in suite.seeds or not rd.is_done():
+            continue
+        stored = read_yaml_or_none(rd.config)
+        if stored and (key := run_difference(stored, suite.run_config(rd.method, rd.seed))):
+            warned.add(rd.method)
+            out.append(f"{rd.method} seed {rd.seed} in {store.dir} finished with another config ({key} differs); "
+                       f"the table will show {rd.method} as n/a until its seeds share one config")
     return out
 
 
@@ -96,9 +92,14 @@ def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
     so upgrading the harness does not orphan finished runs. Runtime switches (device, threads, layout,
     fusion, BN folding, frozen teacher, compile) only change speed and rounding order and do not change what a run
     is; precision does (bf16 against fp32 is what the default-vs-plain parity experiment compares)."""
+    return run_difference(stored, current, ignore) is None
+
+
+def run_difference(stored: dict, current: dict, ignore=("runtime",), missing_differs: bool = True) -> str | None:
+    """The first key in which two run configs differ as runs (see same_config), or None."""
     if "runtime" in ignore and _precision(stored) != _precision(current):
-        return False
-    return config_difference(stored, current, ignore) is None
+        return "runtime.precision"
+    return config_difference(stored, current, ignore, missing_differs)
 
 
 def config_difference(stored: dict, current: dict, ignore=("runtime",), missing_differs: bool = True) -> str | None:

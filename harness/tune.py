@@ -212,9 +212,9 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     st.set_user_attr("objective", objective)
     # what a trial is besides the searched parameters: trials of another budget, profile or teacher do not rank
     # against these (a study's name says only suite, method and profile)
-    config = {k: v for k, v in suite.run_config(method, 0).items() if k not in ("seed", "runtime", "params")}
-    config["params"] = {k: v for k, v in suite.run_config(method, 0)["params"].items()
-                        if k not in suite.search[method]}
+    run = suite.run_config(method, 0)
+    config = {k: v for k, v in run.items() if k not in ("seed", "runtime", "params")}
+    config["params"] = {k: v for k, v in run["params"].items() if k not in suite.search[method]}
     config = json.loads(json.dumps(config, default=str))
     # what differs from machine to machine on one shared study is not the trial's config: where the images are
     # (their bytes' folder fingerprint) and how the checkpoint's path is spelled (teacher_sha256 says which it is)

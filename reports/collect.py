@@ -13,6 +13,7 @@ import pandas as pd
 
 from harness.config import Suite, method_of
 from harness.errors import first_line
+from harness.runner import read_yaml_or_none, run_difference
 from harness.store import METRIC_FIELDS, RunDir, Store, read_json
 
 # The paper's row order; a rule separates data-driven rows from data-free rows, another the later methods.
@@ -49,7 +50,7 @@ def group(method: str, suite: Suite | None = None, data_free: bool | None = None
 
 def runs_frame(runs_dir: str | Path, suite_name: str) -> pd.DataFrame:
     """One row per stored run that has a summary (an unreadable one is a failed row that says so), with the
-    identity of its config (`config_key`: everything but the seed and the speed-only runtime switches)."""
+    config (`config`, from its config.yaml; None without one)."""
     rows = []
     for rd in Store(runs_dir, suite_name).runs():
         s = rd.summary()
@@ -59,22 +60,10 @@ def runs_frame(runs_dir: str | Path, suite_name: str) -> pd.DataFrame:
             rows.append({"method": rd.method, "seed": rd.seed, "path": str(rd.path),
                          **{k: s.get(k) for k in ("status", "best_acc", "final_acc", "student_macs", "reason",
                                                   "unavailable", "data_free", "profile", "wall_time_s", "teacher_acc")},
-                         "config": run_identity(rd)})
+                         "config": read_yaml_or_none(rd.config)})
     cols = ["method", "seed", "path", "status", "best_acc", "final_acc", "student_macs", "reason", "unavailable",
             "data_free", "profile", "wall_time_s", "teacher_acc", "config"]
     return pd.DataFrame(rows, columns=cols)
-
-
-def run_identity(rd: RunDir) -> dict | None:
-    """What the run is, from its config.yaml: all of it but the seed and the runtime (kept: precision)."""
-    from harness.runner import read_yaml_or_none
-
-    cfg = read_yaml_or_none(rd.config)
-    if cfg is None:
-        return None
-    runtime = cfg.get("runtime")
-    precision = runtime.get("precision", "auto") if isinstance(runtime, dict) else "auto"
-    return {**{k: v for k, v in cfg.items() if k not in ("seed", "runtime")}, "precision": precision}
 
 
 def teacher_summary(runs_dir: str | Path, suite_name: str) -> dict:
@@ -148,15 +137,14 @@ def aggregate(runs: pd.DataFrame, metric: str) -> Cell:
 
 def mixed_configs(done: pd.DataFrame) -> str | None:
     """Why the finished seeds of one method cannot share a cell, or None: the first key their configs differ in."""
-    from harness.runner import config_difference
-
     rows = done.sort_values("seed")
     first = rows.iloc[0]
     for _, r in rows.iloc[1:].iterrows():
         a, b = first["config"], r["config"]
         if a is None or b is None:  # no config.yaml to compare (written by hand, or lost): taken as it is
             continue
-        if key := config_difference(a, b, (), missing_differs=False):
+        # as runs: seed apart, and runtime switches apart from precision; keys only one records are not compared
+        if key := run_difference(a, b, ("seed", "runtime"), missing_differs=False):
             return (f"not averaged: seed {first['seed']} and seed {r['seed']} were run with different configs "
                     f"({key} differs); give each config its own --runs-dir, or redo a seed with --seeds N --force")
     return None

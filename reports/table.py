@@ -71,11 +71,13 @@ def fmt(cell: Cell, pm: str = "±", n_max: int | None = None) -> str:
     return text + (f" (n={cell.n})" if n_max and cell.n and cell.n < n_max else "")
 
 
-def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: list[str]) -> dict[str, Cell]:
-    """Cells of one dataset column; a missing suite gives n/a everywhere."""
+def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: list[str],
+                runs: pd.DataFrame | None = None) -> dict[str, Cell]:
+    """Cells of one dataset column (runs: the suite's runs_frame, read here if not given); a missing suite gives
+    n/a everywhere."""
     if suite is None:
         return {r: Cell(note="no suite file for this dataset yet") for r in rows}
-    runs = runs_frame(runs_dir, suite.name)
+    runs = runs_frame(runs_dir, suite.name) if runs is None else runs
     macs = runs["student_macs"].dropna()
     student_flops = human_macs(float(macs.iloc[0])) if len(macs) else ""
     out = {}
@@ -114,13 +116,15 @@ def teacher_flops(suite: Suite, summary: dict) -> str:
         return ""
 
 
-def row_order(suites: list[Suite | None], runs_dir, paper_rows: bool) -> list[str]:
-    """The paper's rows (all of them for --paper-table), then each suite's other methods in suite order."""
+def row_order(suites: list[Suite | None], runs_dir, paper_rows: bool, frames: dict | None = None) -> list[str]:
+    """The paper's rows (all of them for --paper-table), then each suite's other methods in suite order
+    (frames: suite name -> its runs_frame, read here where not given)."""
     seen: list[str] = []
     for s in suites:
         if s is None:
             continue
-        stored = list(runs_frame(runs_dir, s.name)["method"].unique())
+        runs = (frames or {}).get(s.name)
+        stored = list((runs_frame(runs_dir, s.name) if runs is None else runs)["method"].unique())
         seen = list(dict.fromkeys([*seen, *s.method_names(), *stored, *s.paper]))
     base = [m for m in PAPER_ORDER if paper_rows or m in seen or m == "teacher"]
     rest = [m for m in seen if m not in base]
@@ -132,7 +136,8 @@ def row_order(suites: list[Suite | None], runs_dir, paper_rows: bool) -> list[st
 def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Path, metric: str = "best",
                 paper_rows: bool = False) -> Table:
     """names[i] is the dataset of suites[i] (a suite may be None when no suite file exists yet)."""
-    rows = row_order(suites, runs_dir, paper_rows)
+    frames = {s.name: runs_frame(runs_dir, s.name) for s in suites if s is not None}  # each store read once
+    rows = row_order(suites, runs_dir, paper_rows, frames)
     columns = [dataset_label(n) for n in names]
     if len(set(columns)) < len(columns):  # two suites on one dataset (e.g. mnist and ablation-loss): name the suite
         if len({(c, s.name if s else n) for c, s, n in zip(columns, suites, names)}) < len(columns):
@@ -140,7 +145,7 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
         columns = [f"{c} ({s.name})" if columns.count(c) > 1 and s else c for c, s in zip(columns, suites)]
     cells = {}
     for s, col in zip(suites, columns):
-        for r, c in suite_cells(s, runs_dir, metric, rows).items():
+        for r, c in suite_cells(s, runs_dir, metric, rows, frames.get(s.name) if s else None).items():
             cells[(r, col)] = c
     first = next((s for s in suites if s is not None), None)
     seg = all(n in SEG_DATASETS for n in names)
@@ -149,8 +154,7 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
     profiles = set()
     for s in suites:
         if s is not None and (Path(runs_dir) / s.name).is_dir():
-            recorded = set(runs_frame(runs_dir, s.name)["profile"].dropna())
-            profiles |= recorded or {s.profile}
+            profiles |= set(frames[s.name]["profile"].dropna()) or {s.profile}
     t.caption = caption(t, sorted(profiles), metric)
     return t
 
