@@ -184,6 +184,8 @@ CASES = [
     Case("negative seed", ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds=-1", *R]),
     Case("override for a method --methods leaves out", ["run", "mnist", *SMOKE, *R, "methods.dfda.lr_S=0.1"]),
     Case("validate: checkpoint path missing", ["validate", "mnist", "teacher.checkpoint={t}/none.pt"]),
+    Case("validate: the suite's data is not under DFAD_DATA", ["validate", "nyuv2", "--profile", "smoke"],
+         env={"DFAD_DATA": "{t}/nodata"}),
     Case("empty --methods list", ["run", "mnist", "--profile", "smoke", "--methods", ",", *R]),
     Case("malformed --params file", ["run", "mnist", *SMOKE, *R, "--params", "{t}/p.yaml"],
          setup=lambda t: (t / "p.yaml").write_text("methods: {dfad: [\n")),

@@ -6,11 +6,11 @@ from typing import Any, Literal, Optional
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 from torch.utils.data import DataLoader, Dataset
 
 from . import env
-from .config import one_line
+from .config import NoBoolNumbers, one_line
 from .data import ImageTensors, LoaderBatches, TensorBatches, collate_pairs, get_dataset, materialize
 from .errors import HarnessError, first_line
 from .fold import fold_batchnorm
@@ -100,7 +100,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
                    dataset=dataset, train_set=train_set)
 
 
-class DistillArgs(BaseModel):
+class DistillArgs(NoBoolNumbers):
     """distill()'s own arguments, checked as a suite file's budget and runtime are."""
 
     model_config = ConfigDict(extra="forbid")

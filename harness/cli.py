@@ -185,19 +185,46 @@ def _stored_profile(suite: str, runs_dir: Path) -> str | None:
 @app.command()
 @guarded
 def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
-             profile: Optional[str] = PROFILE):
-    """Load and check a suite (every profile, or the one given) without running anything: the config, and that
-    its teacher and student build and take the dataset's input."""
+             profile: Optional[str] = PROFILE,
+             data: bool = typer.Option(True, "--data/--no-data", help="also check that the data the runs read is "
+                                       "under $DFAD_DATA (decodes and caches it once; never downloads)")):
+    """Load and check a suite (every profile, or the one given) without running anything: the config, that
+    its teacher and student build and take the dataset's input, and that its data is there."""
     from .config import read_yaml, suite_path
-    from .runner import check_models
+    from .runner import check_models, data_needs
 
     profiles = [profile] if profile else ["paper", *(read_yaml(suite_path(suite)).get("profiles") or {})]
+    needs: dict[tuple[str, str], list[str]] = {}
     for p in profiles:
         s = _load(suite, p, overrides, announce=False)
         check_models(s)
         typer.echo(f"ok: {s.name} [{p}] dataset {s.dataset}, teacher {s.teacher.model.name}, student "
                    f"{s.student.name}, methods {', '.join(s.method_names())}, seeds {s.seeds}, "
                    f"{s.budget.iterations} iterations")
+        for key, users in data_needs(s).items():
+            needs[key] = list(dict.fromkeys([*needs.get(key, []), *users]))
+    if data:
+        _check_data(needs)
+
+
+def _check_data(needs: dict[tuple[str, str], list[str]]) -> None:
+    """One line per dataset split the runs read; a split that is missing and cannot be downloaded is an error."""
+    from .data import _download_allowed, data_root, get_dataset, missing_split
+
+    missing = []
+    for (name, split), users in needs.items():
+        why = missing_split(name, split)
+        used = f"(read by {', '.join(users)})"
+        if why is None:
+            typer.echo(f"data: {name} {split} found under {data_root()} {used}")
+        elif get_dataset(name).downloads and _download_allowed():
+            typer.echo(f"data: {name} {split} not under {data_root()}; the run downloads it {used}")
+        else:
+            typer.echo(f"data: {name} {split} MISSING {used}: {why}")
+            missing.append(f"{name} {split} ({why})")
+    if missing:
+        raise HarnessError(f"data missing for {len(missing)} dataset split(s): {missing[0]}"
+                           + (f"; +{len(missing) - 1} more (listed above)" if len(missing) > 1 else ""))
 
 
 @app.command()

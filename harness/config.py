@@ -10,6 +10,8 @@ import hashlib
 import json
 import re
 from pathlib import Path
+import types
+import typing
 from typing import Any, Literal, Optional
 
 import yaml
@@ -22,7 +24,43 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 PROFILES = ("paper", "quick", "smoke")
 
 
-class Strict(BaseModel):
+class NoBoolNumbers(BaseModel):
+    """YAML's true/false is not a number: pydantic's lax mode would read `batch_size: true` as 1 (also inside
+    lists and mappings of numbers, and for numeric choices such as `channels: 1 | 3`)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v, info):
+        if _bool_as_number(cls.model_fields[info.field_name].annotation, v):
+            raise ValueError("expected a number, not true/false" if isinstance(v, bool)
+                             else "expected numbers, not true/false")
+        return v
+
+
+def _bool_as_number(annotation, v) -> bool:
+    """Whether v holds a true/false where `annotation` types a number."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _bool_as_number(args[0], v)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(v, bool) and any(_takes_bool(a) for a in args):
+            return False
+        return any(_bool_as_number(a, v) for a in args)
+    if isinstance(v, bool):
+        return annotation in (int, float) or (origin is Literal and all(type(a) is int for a in args))
+    if isinstance(v, (list, tuple)) and origin in (list, tuple) and args:
+        return any(_bool_as_number(args[0], x) for x in v)
+    if isinstance(v, dict) and origin is dict and len(args) == 2:
+        return any(_bool_as_number(args[1], x) for x in v.values())
+    return False
+
+
+def _takes_bool(annotation) -> bool:
+    return annotation in (bool, Any) or (typing.get_origin(annotation) is Literal
+                                         and any(isinstance(a, bool) for a in typing.get_args(annotation)))
+
+
+class Strict(NoBoolNumbers):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
@@ -82,6 +120,14 @@ class TeacherRecipe(Strict):
     # machine; the schedule spans the epochs chosen. Left out of the cache key when unset.
     time_budget_s: Optional[float] = Field(None, gt=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _milestones_in_range(self):
+        late = [m for m in self.milestones if not 0 < m < self.epochs] if self.schedule == "multistep" else []
+        if late:  # a milestone at or past the last epoch is never reached: the schedule would not be the one written
+            raise ValueError(f"milestones {late} are not within this recipe's epochs (1 to {self.epochs - 1}: "
+                             f"a decay at epoch {self.epochs} or later never happens)")
+        return self
 
 
 class TeacherCfg(Strict):
@@ -429,9 +475,11 @@ def validate(raw: dict, source: str = "suite") -> Suite:
             if params is not None and not isinstance(params, dict):
                 raise HarnessError(f"methods.{name}: expected a mapping of hyperparameters, got {params!r}")
             try:
-                suite.method_params(name)
+                params = suite.method_params(name)
             except ValidationError as e:
                 raise HarnessError(f"{source}: {one_line(e, prefix=f'methods.{name}.')}") from None
+            if getattr(params, "data", None) is not None and params.data not in DATASETS:  # KD's data source
+                raise HarnessError(f"methods.{name}.data: {unknown('dataset', params.data, DATASETS.names())}")
         check_search(suite)
         return suite
     except ValidationError as e:

@@ -87,6 +87,7 @@ class DatasetSpec:
     splits: tuple[str, ...] = field(default=("train", "test"))
     metric: str = "acc"  # "acc" | "miou" (segmentation: void labels ignored); the loop's evaluate dispatches on it
     cache_name: str = ""  # the decoded tensors' file name under <root>/.dfad-cache; default: the name
+    downloads: bool = False  # torchvision fetches it when it is not under the root (and DFAD_DOWNLOAD allows)
 
     def __post_init__(self):
         self.cache_name = self.cache_name or self.name
@@ -122,6 +123,26 @@ def cached(name: str, split: str, root: Path, load) -> tuple[torch.Tensor, torch
 
 def _download_allowed() -> bool:
     return os.environ.get("DFAD_DOWNLOAD", "1") not in ("0", "false", "no")
+
+
+def missing_split(name: str, split: str) -> str | None:
+    """Why a dataset's split cannot be read from the data root (None: it can). Decodes and caches it as a run
+    would (once); never downloads."""
+    spec = get_dataset(name)
+    if (data_root() / ".dfad-cache" / f"{spec.cache_name}-{split}.pt").is_file():
+        return None
+    before = os.environ.get("DFAD_DOWNLOAD")
+    os.environ["DFAD_DOWNLOAD"] = "0"
+    try:
+        spec.load(split)
+        return None
+    except MissingDataError as e:
+        return first_line(e)
+    finally:
+        if before is None:
+            os.environ.pop("DFAD_DOWNLOAD", None)
+        else:
+            os.environ["DFAD_DOWNLOAD"] = before
 
 
 def _torchvision(name: str, cls, root: Path, how: str, **kw):
@@ -206,16 +227,50 @@ def register_folder(name: str, cfg) -> DatasetSpec:
     if extra:
         raise HarnessError(f"dataset {name!r}: class folder(s) {', '.join(extra[:3])} under {test} "
                            f"are not among the training classes")
-    stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") if (folder / split).is_dir()
-              for p in sorted((folder / split).iterdir()) if p.is_dir()]
     h, w = cfg.size
-    key = hashlib.sha256(json.dumps([str(folder), [h, w], cfg.channels, classes, stamps]).encode()).hexdigest()[:12]
+    key = _fingerprint(folder, (h, w), cfg.channels)
+    source = json.dumps([name, str(folder), [h, w], cfg.channels])  # the same decoding of the folder, any contents
+
+    def load(root: Path, split: str):
+        if _fingerprint(folder, (h, w), cfg.channels) != key:  # the runs' configs name the contents read at the start
+            raise HarnessError(f"dataset {name!r}: {folder} changed (images or classes added or removed) since the "
+                               f"suite was read; run it again")
+        drop_stale_caches(root, f"{name}-{key}", source)
+        return _folder_split(folder, split, classes, (h, w), cfg.channels)
+
     spec = DatasetSpec(name, (cfg.channels, h, w), len(classes), tuple(cfg.mean or [0.5] * cfg.channels),
-                       tuple(cfg.std or [0.5] * cfg.channels),
-                       lambda root, split: _folder_split(folder, split, classes, (h, w), cfg.channels),
-                       cfg.augment, how_to_get=layout, cache_name=f"{name}-{key}")
+                       tuple(cfg.std or [0.5] * cfg.channels), load, cfg.augment, how_to_get=layout,
+                       cache_name=f"{name}-{key}")
     _OWN.add(normalize(name))
     return DATASETS.replace(name, spec)
+
+
+def _fingerprint(folder: Path, hw: tuple[int, int], channels: int) -> str:
+    """The folder's classes and their folders' modification times, with the decoding's size and channels."""
+    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+    stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") if (folder / split).is_dir()
+              for p in sorted((folder / split).iterdir()) if p.is_dir()]
+    return hashlib.sha256(json.dumps([str(folder), list(hw), channels, classes, stamps]).encode()).hexdigest()[:12]
+
+
+def drop_stale_caches(root: Path, cache_name: str, source: str) -> None:
+    """Before a folder dataset is decoded afresh: the decoded copies of the folder's earlier contents (same
+    name, folder, size and channels; another fingerprint) are deleted, so edits to a dataset do not pile up
+    copies in the cache. A `.source` file beside each copy says what it was decoded from."""
+    d = root / ".dfad-cache"
+    for side in d.glob("*.source"):
+        try:  # another process may be doing the same
+            if side.stem != cache_name and side.read_text() == source:
+                for f in d.glob(f"{side.stem}-*.pt"):
+                    f.unlink(missing_ok=True)
+                side.unlink(missing_ok=True)
+        except OSError:
+            pass
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{cache_name}.source").write_text(source)
+    except OSError:  # a read-only data root keeps no cache at all
+        pass
 
 
 def _folder_split(folder: Path, split: str, classes: list[str], hw: tuple[int, int], channels: int):
@@ -268,11 +323,11 @@ def _cifar(name: str, cls_name: str):
 MNIST_STATS = ((0.1307,), (0.3081,))
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
-DATASETS.register("mnist")(DatasetSpec("mnist", (1, 32, 32), 10, *MNIST_STATS, _mnist))
-DATASETS.register("usps")(DatasetSpec("usps", (1, 32, 32), 10, *MNIST_STATS, _usps))
-DATASETS.register("usps_framed")(DatasetSpec("usps_framed", (1, 32, 32), 10, *MNIST_STATS, _usps_framed))
-DATASETS.register("cifar10")(DatasetSpec("cifar10", (3, 32, 32), 10, *CIFAR_STATS, _cifar("cifar10", "CIFAR10"), "crop_flip"))
-DATASETS.register("cifar100")(DatasetSpec("cifar100", (3, 32, 32), 100, *CIFAR_STATS, _cifar("cifar100", "CIFAR100"), "crop_flip"))
+DATASETS.register("mnist")(DatasetSpec("mnist", (1, 32, 32), 10, *MNIST_STATS, _mnist, downloads=True))
+DATASETS.register("usps")(DatasetSpec("usps", (1, 32, 32), 10, *MNIST_STATS, _usps, downloads=True))
+DATASETS.register("usps_framed")(DatasetSpec("usps_framed", (1, 32, 32), 10, *MNIST_STATS, _usps_framed, downloads=True))
+DATASETS.register("cifar10")(DatasetSpec("cifar10", (3, 32, 32), 10, *CIFAR_STATS, _cifar("cifar10", "CIFAR10"), "crop_flip", downloads=True))
+DATASETS.register("cifar100")(DatasetSpec("cifar100", (3, 32, 32), 100, *CIFAR_STATS, _cifar("cifar100", "CIFAR100"), "crop_flip", downloads=True))
 
 
 def get_dataset(name: str) -> DatasetSpec:

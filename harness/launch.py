@@ -80,12 +80,7 @@ def launch(suite: Suite, runs_dir: str | Path, force: bool, kind: str, log=print
     outcome = SuiteOutcome()
     for (method, seed), j in zip(runs, jobs):
         try:
-            o = j.result()
-            outcome.done += o.done
-            outcome.skipped += o.skipped
-            outcome.failed += o.failed
-            outcome.not_applicable += o.not_applicable
-            outcome.crashed += o.crashed
+            outcome.merge(j.result())
         except Exception as e:
             entry = (method, seed, f"job {j.job_id} died: {str(e).strip().splitlines()[-1][:200]}; logs in {ex.folder}")
             outcome.failed.append(entry)

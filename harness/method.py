@@ -12,12 +12,13 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from .config import NoBoolNumbers
 from .data import ImageTensors
 
 
-class Params(BaseModel):
+class Params(NoBoolNumbers):
     """Hyperparameters every method has; a method's own Params extend it."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
@@ -73,6 +74,11 @@ class Method:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.samplers: dict[str, Any] = {}
+
+    @classmethod
+    def training_data(cls, params: Params, dataset: str | None) -> str | None:
+        """The dataset whose train split a run reads (None: data-free), for checks before any run."""
+        return None
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -135,4 +141,4 @@ def adam(params, lr, betas=(0.9, 0.999), weight_decay=0.0, device=None):
 
 ScheduleKind = Literal["none", "multistep", "cosine"]
 # a method's multistep milestones: fractions of budget.iterations (paper: epochs 100, 200 of 500 -> 0.2, 0.4)
-Milestones = list[Annotated[float, Field(gt=0, le=1)]]
+Milestones = list[Annotated[float, Field(gt=0, lt=1)]]  # 1.0 would be the end of the run: never reached

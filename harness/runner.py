@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -29,9 +29,16 @@ class SuiteOutcome:
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     # cannot apply to this config (e.g. DFQ-style on a teacher without BatchNorm): n/a in tables, not an error
     not_applicable: list[tuple[str, int, str]] = field(default_factory=list)
+    # their data is not on this machine (e.g. KD-REL's USPS): n/a in tables; tried again when the suite runs again
+    missing_data: list[tuple[str, int, str]] = field(default_factory=list)
     # of the failed, those that crashed (an exception that is not a diagnosed failure such as divergence, or a
     # launcher job that died): no result was measured, so the command exits non-zero
     crashed: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def merge(self, other: "SuiteOutcome") -> None:
+        """Add another process's outcome (a launcher's job) to this one."""
+        for f in fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
 
     def messages(self) -> list[str]:
         """End-of-suite lines for the user: what failed and why, and what does not apply here."""
@@ -43,6 +50,10 @@ class SuiteOutcome:
         if self.not_applicable:
             reasons = sorted({f"{m}: {r}" for m, _, r in self.not_applicable})
             out.append(f"{len(self.not_applicable)} run(s) not applicable here, shown as n/a ({'; '.join(reasons)})")
+        if self.missing_data:
+            reasons = sorted({f"{m}: {r}" for m, _, r in self.missing_data})
+            out.append(f"{len(self.missing_data)} run(s) without their data here, shown as n/a until it is added "
+                       f"and the suite runs again ({'; '.join(reasons)})")
         return out
 
 
@@ -176,6 +187,19 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
         check_same_output(outputs["teacher"], outputs["student"], f"{suite.dataset}'s input")
 
 
+def data_needs(suite: Suite) -> dict[tuple[str, str], list[str]]:
+    """(dataset, split) -> what reads it: the suite's test split (evaluation), its train split (the teacher,
+    unless a checkpoint is given) and each data-driven method's training data."""
+    needs: dict[tuple[str, str], list[str]] = {(suite.dataset, "test"): ["evaluation"]}
+    if not suite.teacher.checkpoint:
+        needs[(suite.dataset, "train")] = ["teacher training"]
+    for m in suite.method_names():
+        source = suite.method_class(m).training_data(suite.method_params(m), suite.dataset)
+        if source:
+            needs.setdefault((source, "train"), []).append(m)
+    return needs
+
+
 def load_resume_state(rd: RunDir, fingerprint: str, log, cfg: dict | None = None,
                       previous_cfg: dict | None = None) -> dict | None:
     if not rd.checkpoint.exists():
@@ -299,7 +323,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                 cb.on_run_end(failed)
             except Exception:
                 pass
-        progress.end_run("FAILED", reason, label=f"{method} seed {seed}")
+        progress.end_run("n/a" if failed["unavailable"] else "FAILED", reason, label=f"{method} seed {seed}")
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             raise  # a full disk fails every run after this one too: stop the suite (cli: one line, exit 2)
         return None
@@ -363,7 +387,8 @@ def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks
     if summary is None:
         s = rd.summary() or {}
         entry = (method, seed, s.get("reason", ""))
-        (outcome.not_applicable if s.get("retry") is False else outcome.failed).append(entry)
+        (outcome.not_applicable if s.get("retry") is False else outcome.missing_data if s.get("unavailable")
+         else outcome.failed).append(entry)
         if s.get("crashed"):
             outcome.crashed.append(entry)
     else:

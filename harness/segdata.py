@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import PAIRED_AUGMENTS, DatasetSpec, _torchvision, resize
-from .errors import MissingDataError
+from .errors import HarnessError, MissingDataError
 from .registry import DATASETS
 
 VOID = 255
@@ -45,7 +45,7 @@ def _shorter_side(img: torch.Tensor, label: torch.Tensor | None, side: int):
 def _stack_pairs(pairs, side=256) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*(_shorter_side(x, y, side) for x, y in pairs))
     if len({tuple(x.shape) for x in xs}) > 1:
-        raise MissingDataError(f"images of different aspect ratios ({sorted({tuple(x.shape) for x in xs})[:3]}); "
+        raise HarnessError(f"images of different aspect ratios ({sorted({tuple(x.shape) for x in xs})[:3]}); "
                                f"expected one frame size")
     return torch.stack(xs), torch.stack(ys)[:, 0]
 
@@ -142,5 +142,5 @@ DATASETS.register("nyuv2")(DatasetSpec(
     "nyuv2", (3, CROP, CROP), 13, *HALF, _nyuv2, "seg_crop_flip", metric="miou",
     how_to_get="NYUv2 labelled images as 480_640/IMAGE/N.png plus ankurhanda/nyuv2-meta-data under <DFAD_DATA>/NYUv2"))
 DATASETS.register("caltech101")(DatasetSpec(
-    "caltech101", (3, 128, 128), 101, *HALF, _caltech101, "crop_flip",
+    "caltech101", (3, 128, 128), 101, *HALF, _caltech101, "crop_flip", downloads=True,
     how_to_get="torchvision.datasets.Caltech101(<DFAD_DATA>, download=True)"))

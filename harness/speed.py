@@ -151,7 +151,8 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
             # the models' own work per second: above achieved where the fused upsample+conv skips multiply-adds
             "nominal_gflop_per_iter": round(nominal / 1e9, 2), "nominal_tflops": round(nominal / s / 1e12, 4),
             "precision": str(m.ctx.precision or "fp32").replace("torch.", ""),
-            "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast, "fused_upsample": m.ctx.fused_upsample,
+            # fused_upsample: whether a generator of this method computes it (methods without one have none to fuse)
+            "channels_last": m.ctx.channels_last, "frozen_teacher": m.ctx.fast, "fused_upsample": bool(fused_generators(m)),
             "teacher_bn_folded": m.ctx.teacher_bn_folded,
             "cuda_graph": getattr(steps[name], "status", None),
             # the suite's whole schedule at this speed, evaluations not counted
@@ -171,13 +172,19 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     if env.native_bf16(device):
         out["matmul_peak_tflops"]["bf16"] = round(matmul_peak(device, torch.bfloat16), 4)
         out["conv_peak_tflops"]["bf16"] = round(conv_peak(device, torch.bfloat16, cl), 4)
-    # how far the default path is from this machine's limit in its own precision (best of matmul and conv)
-    key = "bf16" if out["default"].get("precision") == "bfloat16" else "fp32"
-    limit = max(out["matmul_peak_tflops"].get(key, 0), out["conv_peak_tflops"].get(key, 0))
-    if out["default"].get("achieved_tflops"):
-        out["limit_over_achieved"] = round(limit / out["default"]["achieved_tflops"], 2)
-        # seconds per iteration over those the models' nominal work would take at the limit
-        out["limit_over_nominal"] = round(limit / out["default"]["nominal_tflops"], 2)
+    # how far each path is from this machine's limit in its own precision (best of matmul and conv); the top-level
+    # figures are the default path's
+    for name in paths:
+        key = "bf16" if out[name].get("precision") == "bfloat16" else "fp32"
+        limit = max(out["matmul_peak_tflops"].get(key, 0), out["conv_peak_tflops"].get(key, 0))
+        if out[name].get("achieved_tflops"):
+            out[name]["limit_tflops"] = limit
+            out[name]["limit_over_achieved"] = round(limit / out[name]["achieved_tflops"], 2)
+            # seconds per iteration over those the models' nominal work would take at the limit
+            out[name]["limit_over_nominal"] = round(limit / out[name]["nominal_tflops"], 2)
+    for k in ("limit_over_achieved", "limit_over_nominal"):
+        if k in out["default"]:
+            out[k] = out["default"][k]
     return out
 
 

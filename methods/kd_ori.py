@@ -33,6 +33,10 @@ class KDOri(Method):
     def data_source(self):
         return self.p.data
 
+    @classmethod
+    def training_data(cls, params, dataset):
+        return params.data or dataset
+
     def setup(self):
         from harness.api import training_batches
 

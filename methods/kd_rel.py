@@ -26,3 +26,7 @@ class KDRel(KDOri):
             raise HarnessError(f"{self.name}: no default data source for dataset {ds!r}; "
                                f"set methods.{self.name}.data")
         return self.defaults[ds]
+
+    @classmethod
+    def training_data(cls, params, dataset):
+        return params.data or cls.defaults.get(dataset)

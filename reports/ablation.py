@@ -9,11 +9,10 @@ from pathlib import Path
 
 from harness.config import Suite, method_of
 
-from .collect import aggregate, dataset_label, runs_frame
+from .collect import LOSS_LABELS, aggregate, dataset_label, runs_frame, value_label
 from .table import Table
 
 LOSS_ORDER = ["mae", "mse", "kld"]
-LOSS_LABELS = {"mae": "MAE", "mse": "MSE", "kld": "KLD"}
 
 
 def loss_variants(suite: Suite) -> dict[str, str]:
@@ -41,10 +40,14 @@ def ablation_table(suites: list[Suite], runs_dir: str | Path, metric: str = "bes
             m = by_loss.get(loss)
             cells[(loss, col)] = aggregate(runs[runs["method"] == m], metric) if m else aggregate(
                 runs.iloc[0:0], metric)
+    values = {col: value_label(s.dataset) for s, col in zip(suites, columns)}
     t = Table(losses, columns, cells, {x: "free" for x in losses}, flops=False,
-              row_labels={x: LOSS_LABELS.get(x, x) for x in losses}, row_title="Loss")
+              row_labels={x: LOSS_LABELS.get(x, x) for x in losses}, row_title="Loss", value_names=values,
+              value_name="mIoU" if set(values.values()) == {"mIoU"} else "Acc.")
     ns = t.seed_counts() or [0]
     n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
-    t.caption = (f"DFAD with each discrepancy as the loss: test accuracy ({metric} over evaluations), "
+    what = {"Acc.": "test accuracy", "mIoU": "mIoU"}
+    measured = " / ".join(what[v] for v in dict.fromkeys(values.values())) or "test accuracy"
+    t.caption = (f"DFAD with each discrepancy as the loss: {measured} ({metric} over evaluations), "
                  f"mean ± std over {n} seeds; bold: best loss per dataset.")
     return t

@@ -25,15 +25,34 @@ LABELS = {"teacher": "Teacher", "kd_ori": "KD-ORI", "kd_rel": "KD-REL", "kd_unr"
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "caltech101": "Caltech101",
                   "camvid": "CamVid", "nyuv2": "NYUv2", "usps": "USPS"}
 SEG_DATASETS = {"camvid", "nyuv2", "cityscapes", "voc2012"}
+LOSS_LABELS = {"mae": "MAE", "mse": "MSE", "kld": "KLD"}  # DFAD's discrepancies (the loss ablation)
 
 
 def metric_name(dataset: str) -> str:
     """What a suite's curves measure: mIoU for dense tasks, accuracy otherwise."""
-    return "test mIoU" if dataset in SEG_DATASETS else "test accuracy"
+    from harness.data import DATASETS
+
+    dense = DATASETS.get(dataset).metric == "miou" if dataset in DATASETS else dataset in SEG_DATASETS
+    return "test mIoU" if dense else "test accuracy"
 
 
-def label(method: str) -> str:
-    return LABELS.get(method, method)
+def label(method: str, suite: Suite | None = None) -> str:
+    """The paper's name of a method; a suite's variant of one reads "DFAD (wide)" for `dfad_wide: {method: dfad}`,
+    and "DFAD (MSE)" for `dfad_mse` when its loss is MSE (the loss ablation's variants)."""
+    if method in LABELS or suite is None or method not in suite.methods:
+        return LABELS.get(method, method)
+    cls = method_of(method, suite.methods.get(method))
+    if cls == method or cls not in LABELS:
+        return method
+    rest = method[len(cls) + 1:] if method.startswith(cls + "_") and len(method) > len(cls) + 1 else method
+    if rest in LOSS_LABELS and getattr(suite.method_params(method), "loss", None) == rest:
+        rest = LOSS_LABELS[rest]
+    return f"{LABELS[cls]} ({rest})"
+
+
+def value_label(dataset: str) -> str:
+    """A table column's measure: mIoU for dense tasks, accuracy otherwise."""
+    return "mIoU" if metric_name(dataset) == "test mIoU" else "Acc."
 
 
 def dataset_label(name: str) -> str:

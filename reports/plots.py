@@ -56,7 +56,7 @@ def accuracy(suite: Suite, runs_dir, out_dir: Path, methods: list[str] | None = 
     for m in methods or stored_methods(suite, runs_dir):
         df = curves(runs_dir, suite.name, m)
         if len(df) and (x != "minutes" or "elapsed_s" in df):
-            band(ax, df, "test_acc", (labels or {}).get(m, label(m)), x)
+            band(ax, df, "test_acc", (labels or {}).get(m, label(m, suite)), x)
             drawn += 1
     t = teacher_summary(runs_dir, suite.name)
     if "test_acc" in t:
@@ -86,9 +86,9 @@ def losses(suite: Suite, runs_dir, out_dir: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for m, df in frames.items():
-        band(axes[0], df, "loss_S", label(m))
+        band(axes[0], df, "loss_S", label(m, suite))
         if "loss_G" in df:
-            band(axes[1], df, "loss_G", label(m))
+            band(axes[1], df, "loss_G", label(m, suite))
     for ax, what in zip(axes, ("student loss (discrepancy)", "generator loss (-discrepancy)")):
         ax.set(xlabel="iteration", title=what)
         ax.grid(alpha=0.3)
@@ -110,7 +110,7 @@ def samples(suite: Suite, runs_dir, out_dir: Path, n: int = 64) -> Path | None:
     fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.3), squeeze=False)
     for ax, (m, img) in zip(axes[0], grids.items()):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-        ax.set_title(f"{label(m)}: generated samples", fontsize=10)
+        ax.set_title(f"{label(m, suite)}: generated samples", fontsize=10)
         ax.axis("off")
     return save(fig, out_dir, "samples")
 

@@ -32,7 +32,7 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
     marks = t.notes()
     bold_cells = t.bold()
     n_max = max(t.seed_counts() or [0])
-    cols = [(d, k) for d in t.columns for k in (["FLOPs"] if t.flops else []) + [t.value_name]
+    cols = [(d, k) for d in t.columns for k in (["FLOPs"] if t.flops else []) + [t.value(d)]
             + ([f"{m.delta} paper"] if with_paper == "delta" else [])]
     data, bold, italic, index, rows = [], [], [], [], []
     for r in t.rows:

@@ -15,8 +15,8 @@ from harness.errors import HarnessError
 from harness.models import human_macs
 from harness.store import Store, atomic_write
 
-from .collect import PAPER_ORDER, SEG_DATASETS, Cell, aggregate, dataset_label, group, label, runs_frame, \
-    teacher_summary
+from .collect import PAPER_ORDER, Cell, aggregate, dataset_label, group, label, runs_frame, teacher_summary, \
+    value_label
 
 PAPER_TABLES = {"cls": ["mnist", "cifar10", "cifar100", "caltech101"], "seg": ["camvid", "nyuv2"]}
 
@@ -29,9 +29,14 @@ class Table:
     groups: dict[str, str]  # method -> driven | free | later
     caption: str = ""
     value_name: str = "Acc."  # "mIoU" for segmentation
+    value_names: dict[str, str] = field(default_factory=dict)  # per column, where columns measure different things
     flops: bool = True
     row_labels: dict[str, str] = field(default_factory=dict)
     row_title: str = "Method"
+
+    def value(self, column: str) -> str:
+        """What a column's cells measure (its header): Acc. or mIoU."""
+        return self.value_names.get(column, self.value_name)
 
     def label(self, row: str) -> str:
         return self.row_labels.get(row, label(row))
@@ -126,7 +131,8 @@ def row_order(suites: list[Suite | None], runs_dir, paper_rows: bool, frames: di
         runs = (frames or {}).get(s.name)
         stored = list((runs_frame(runs_dir, s.name) if runs is None else runs)["method"].unique())
         seen = list(dict.fromkeys([*seen, *s.method_names(), *stored, *s.paper]))
-    base = [m for m in PAPER_ORDER if paper_rows or m in seen or m == "teacher"]
+    # --paper-table: the paper's own rows even where nothing ran; the later methods only where a suite has them
+    base = [m for m in PAPER_ORDER if (paper_rows and group(m) != "later") or m in seen or m == "teacher"]
     rest = [m for m in seen if m not in base]
     key = {"driven": 0, "free": 1, "later": 2}
     first = next((s for s in suites if s is not None), None)
@@ -148,8 +154,11 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
         for r, c in suite_cells(s, runs_dir, metric, rows, frames.get(s.name) if s else None).items():
             cells[(r, col)] = c
     first = next((s for s in suites if s is not None), None)
-    seg = all(n in SEG_DATASETS for n in names)
-    t = Table(rows, columns, cells, {r: group(r, first) for r in rows}, value_name="mIoU" if seg else "Acc.")
+    values = {col: value_label(n) for col, n in zip(columns, names)}
+    defined = {r: next((s for s in suites if s is not None and r in s.methods), first) for r in rows}
+    t = Table(rows, columns, cells, {r: group(r, first) for r in rows},
+              value_name="mIoU" if set(values.values()) == {"mIoU"} else "Acc.", value_names=values,
+              row_labels={r: label(r, defined[r]) for r in rows})
     # the profiles the stored runs were made with (the suite's loaded one only where none is recorded)
     profiles = set()
     for s in suites:
@@ -164,7 +173,9 @@ def caption(t: Table, profiles: list[str], metric: str) -> str:
     ns = t.seed_counts()
     n = ("no finished runs" if not ns else f"n={ns[0]} seeds" if len(ns) == 1
          else f"n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
-    what = "mIoU" if t.value_name == "mIoU" else "Test accuracy"
+    measured = {t.value(c) for c in t.columns} or {t.value_name}
+    what = ("mIoU" if measured == {"mIoU"} else "Test accuracy (mIoU for segmentation)" if "mIoU" in measured
+            else "Test accuracy")
     return (f"{what} ({metric} over evaluations), mean ± std over {n}; "
             f"FLOPs: student MACs per image; bold: best data-free result per dataset; "
             + (f"profiles: {', '.join(profiles)} (mixed: each run's summary.json says which)." if len(profiles) > 1

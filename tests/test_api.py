@@ -153,6 +153,8 @@ def test_labels_and_shapes_that_would_broadcast_are_refused_before_training():
         (dict(test_set=_data(), eval_every=0), "distill: eval_every: Input should be greater than 0"),
         (dict(test_set=_data(), precision="fp16"), "distill: precision: Input should be 'auto', 'fp32' or 'bf16'"),
         (dict(test_set=_data(), channels_last="yes"), "distill: channels_last"),
+        (dict(test_set=_data(), iterations=True), "distill: iterations: Value error, expected a number"),
+        (dict(test_set=_data(), batch_size=True), "batch_size: Value error, expected a number"),
         (dict(test_set=_data(), milestones=[50, 100], schedule="multistep"), "milestones.0: Input should be less than"),
     ]
     for kw, fragment in cases:

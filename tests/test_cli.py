@@ -99,6 +99,24 @@ def test_ls_and_validate():
     assert v.returncode == 0 and v.stdout.count("ok:") == 3
 
 
+def test_validate_checks_the_data_the_runs_read(tmp_path):
+    """Data that cannot be fetched (NYUv2) is an error naming where it was looked for; downloadable data
+    (MNIST) is a note, and validate itself never downloads; --no-data checks the config only."""
+    empty = {"DFAD_DATA": str(tmp_path / "nodata")}
+    r = cli("validate", "nyuv2", "--profile", "smoke", env=empty)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "error: data missing for 2 dataset split(s): nyuv2 test" in r.stderr and str(tmp_path / "nodata") in r.stderr
+    assert "data: nyuv2 train MISSING (read by teacher training, kd_ori" in r.stdout
+    r = cli("validate", "mnist", "--profile", "smoke", env=empty)
+    assert r.returncode == 0, r.stderr
+    assert "data: usps train not under" in r.stdout and "the run downloads it (read by kd_rel)" in r.stdout
+    assert not (tmp_path / "nodata").exists()  # nothing fetched
+    r = cli("validate", "mnist", "--profile", "smoke", env={**empty, "DFAD_DOWNLOAD": "0"})
+    assert r.returncode == 2 and "data missing for 4 dataset split(s): mnist test" in r.stderr, r.stderr
+    r = cli("validate", "nyuv2", "--profile", "smoke", "--no-data", env=empty)
+    assert r.returncode == 0 and "data:" not in r.stdout, r.stderr
+
+
 def test_run_exit_codes_say_whether_a_run_crashed(runs, monkeypatch):
     """A diverged run is a result (FAILED in the table, exit 0, its reason printed); a crashed one is not (exit 1)."""
     from typer.testing import CliRunner

@@ -61,6 +61,20 @@ def test_profile_overlays_and_overrides():
     ("dataset=mnits", "did you mean 'mnist'"),
     ("student.name=lenet", "unknown model"),
     ("noequals", "not key.path=value"),
+    # YAML's true/false is not a number (pydantic alone reads `batch_size: true` as 1)
+    ("methods.dfad.batch_size=true", "methods.dfad.batch_size: Value error, expected a number, not true/false"),
+    ("budget.iterations=false", "budget.iterations: Value error, expected a number"),
+    ("teacher.recipe.lr=true", "teacher.recipe.lr: Value error, expected a number"),
+    ("runtime.threads=true", "runtime.threads: Value error, expected a number"),
+    ("seeds=[0,true]", "seeds: Value error, expected numbers, not true/false"),
+    ("methods.dfad.milestones=[true]", "methods.dfad.milestones: Value error, expected numbers"),
+    # a teacher's multistep milestone past its last epoch would never be reached
+    ("teacher.recipe={schedule: multistep, epochs: 10, milestones: [5, 20]}",
+     "milestones [20] are not within this recipe's epochs (1 to 9"),
+    ("teacher.recipe={schedule: multistep, epochs: 10, milestones: [10]}", "a decay at epoch 10 or later never happens"),
+    ("methods.dfad.milestones=[0.5, 1.0]", "methods.dfad.milestones.1: Input should be less than 1"),
+    ("paper.dfad=true", "paper: Value error, expected numbers, not true/false"),
+    ("methods.kd_ori.data=nosuch", "methods.kd_ori.data: unknown dataset 'nosuch'"),
 ])
 def test_bad_config_is_one_line_error_naming_it(override, fragment):
     with pytest.raises(HarnessError) as e:
@@ -109,3 +123,9 @@ def test_channels_last_accepts_bare_on_off(value, expected):
 def test_channels_last_rejects_other_values():
     with pytest.raises(HarnessError, match="runtime.channels_last"):
         load_suite("mnist", "quick", ["runtime.channels_last=sometimes"])
+
+
+def test_booleans_stay_valid_where_a_setting_is_one():
+    s = load_suite("mnist", "quick", ["runtime.compile=true", "runtime.channels_last=off", "runtime.deterministic=false",
+                                      "teacher.recipe={schedule: cosine, epochs: 2, milestones: [5]}"])
+    assert s.runtime.compile is True and s.runtime.channels_last == "off" and s.teacher.recipe.milestones == [5]

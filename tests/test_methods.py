@@ -166,6 +166,10 @@ def test_smoke_suite_runs_new_methods_and_records_missing_data(mnist_data, tmp_p
     unr = summary["kd_unr"]
     assert unr["status"] == "failed" and unr["unavailable"] is True
     assert "cifar10" in unr["reason"] and "\n" not in unr["reason"]
+    # the terminal says what the table will show: n/a (the data can still be added), not FAILED
+    assert "kd_unr seed 0: n/a - " in out.stdout and "FAILED" not in out.stdout
+    assert "1 run(s) without their data here, shown as n/a" in out.stdout + out.stderr
+    assert "run(s) failed" not in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("profile", ["paper", "quick", "smoke", "cifar10"])

@@ -100,11 +100,11 @@ def test_a_test_class_the_train_split_lacks_is_named(tmp_path, mnist_data):
     # found when the suite is read (so by `validate` too), before anything is decoded
     with pytest.raises(HarnessError, match="class folder.s. digit9 under .*test are not among the training"):
         load_suite(str(suite_file(tmp_path, folder)))
-    # and when the folder changes after that, by the decoder
+    # and when the folder changes after that, before it is decoded
     (folder / "test" / "digit9").rmdir()
     load_suite(str(suite_file(tmp_path, folder)))
     (folder / "test" / "digit9").mkdir()
-    with pytest.raises(HarnessError, match="class folder.s. digit9 not in"):
+    with pytest.raises(HarnessError, match="changed .images or classes added or removed. since the suite was read"):
         get_dataset("digits").load("test", tmp_path / "cache")
 
 
@@ -131,3 +131,31 @@ def test_folder_mistakes_are_found_when_the_suite_is_read(tmp_path, mnist_data):
     (folder / "train" / "digit3" / "desktop.ini").write_text("[.ShellClassInfo]")
     load_suite(str(suite))
     assert get_dataset("digits").load("train", tmp_path / "cache").y.bincount().tolist() == [2, 2, 2]
+
+
+def test_editing_a_dataset_replaces_its_decoded_copy(tmp_path, mnist_data, monkeypatch):
+    """Adding images decodes the folder afresh (a new fingerprint); the copy of its earlier contents is deleted,
+    while another decoding of the same folder (another size) is kept."""
+    from harness.config import FolderDataCfg
+    from harness.data import register_folder
+
+    folder = digits_folder(tmp_path / "digits", mnist_data)
+    monkeypatch.setenv("DFAD_DATA", str(tmp_path / "data"))
+    cache = tmp_path / "data" / ".dfad-cache"
+    cfg = FolderDataCfg(folder=str(folder), channels=1)
+    first = register_folder("digits", cfg)
+    first.load("train"), first.load("test")
+    other = register_folder("digits", cfg.model_copy(update={"size": [28, 28]}))
+    other.load("test")
+    assert len(list(cache.glob("digits-*-*.pt"))) == 3
+    new_image = folder / "train" / "digit3" / "new.png"
+    new_image.write_bytes((folder / "train" / "digit3" / "1.png").read_bytes())
+    second = register_folder("digits", cfg)
+    assert second.cache_name != first.cache_name
+    assert len(second.load("train")) == 3 * 12 + 1
+    names = sorted(p.name for p in cache.glob("digits-*-*.pt"))
+    assert names == sorted([f"{second.cache_name}-train.pt", f"{other.cache_name}-test.pt"])
+    # a process that read the folder before the edit does not decode the new contents under the old fingerprint
+    with pytest.raises(HarnessError, match="changed .* since the suite was read"):
+        first.load("test")
+    assert sorted(p.name for p in cache.glob("digits-*-*.pt")) == names

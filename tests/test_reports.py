@@ -286,3 +286,54 @@ def test_caption_names_the_profiles_the_runs_were_made_with(golden):
     put(Store(runs, "mnist"), "dafl", 0, best=0.5, profile="smoke")
     assert "profiles: paper, smoke (mixed: each run's summary.json says which)" in \
         build_table([suite], ["mnist"], runs).caption
+
+
+def test_mixed_classification_and_segmentation_columns_name_their_measures(golden):
+    """Each column says what its cells measure: accuracy for MNIST, mIoU for CamVid, and the caption says both."""
+    suite, runs = golden
+    camvid = load_suite("camvid", "smoke")
+    put(Store(runs, camvid.name), "dfad", 0, best=0.41)
+    t = build_table([suite, camvid], ["mnist", "camvid"], runs)
+    md = to_markdown(t)
+    assert "| Method | MNIST FLOPs | MNIST Acc. | CamVid FLOPs | CamVid mIoU |" in md
+    assert t.caption.startswith("Test accuracy (mIoU for segmentation) (best over evaluations)")
+    seg = build_table([camvid], ["camvid"], runs)
+    assert seg.caption.startswith("mIoU (best") and "| CamVid mIoU |" in to_markdown(seg)
+
+
+def test_paper_tables_list_later_methods_only_where_a_suite_has_them(golden):
+    """The segmentation table (the paper's Table 3) has no ZSKT/DFQ rows: no segmentation suite runs them."""
+    suite, runs = golden
+    camvid = load_suite("camvid", "smoke")
+    put(Store(runs, camvid.name), "dfad", 0, best=0.41)
+    seg = build_table([camvid, None], ["camvid", "nyuv2"], runs, paper_rows=True)
+    assert seg.rows == ["teacher", "kd_ori", "kd_rel", "kd_unr", "random", "dafl", "dfad"]
+    cls = build_table([suite], ["mnist"], runs, paper_rows=True)  # the MNIST store has ZSKT runs
+    assert "zskt" in cls.rows and "dfq" not in cls.rows and "kd_rel" in cls.rows
+
+
+def test_variants_of_a_method_are_labelled_after_it(tmp_path):
+    """The ablation suite's own table and plots name dfad_mse "DFAD (MSE)", not its raw label."""
+    path = tmp_path / "ablation-loss.yaml"
+    path.write_text(ABLATION)
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", suite.name)
+    put(store, "dfad_mae", 0, best=0.98), put(store, "dfad_mse", 0, best=0.95)
+    md = to_markdown(build_table([suite], ["mnist"], tmp_path / "runs"))
+    assert "| DFAD (MAE) | 134K | **0.980** |" in md and "| DFAD (MSE) | 134K | 0.950 |" in md
+    assert "dfad_m" not in md.split("**")[2]  # the rows, after the caption
+    from reports.collect import label
+    assert label("dfad_mse", suite) == "DFAD (MSE)" and label("dfad_mse") == "dfad_mse"
+    # the loss shown is the variant's own; other variants keep the rest of their name
+    odd = load_suite(str(path), "paper", ["methods.dfad_kld.loss=mse", "methods.dafl_mse={method: dafl}",
+                                          "methods.wide={method: dfad, ngf: 128}"])
+    assert [label(m, odd) for m in ("dfad_kld", "dafl_mse", "wide", "dfad")] == [
+        "DFAD (kld)", "DAFL (mse)", "DFAD (wide)", "DFAD"]
+
+
+def test_ablation_over_a_segmentation_suite_says_miou(tmp_path):
+    camvid = load_suite("camvid", "smoke", ["methods={dfad_mae: {method: dfad, loss: mae}, "
+                                            "dfad_mse: {method: dfad, loss: mse}}"])
+    put(Store(tmp_path, camvid.name), "dfad_mae", 0, best=0.4)
+    t = ablation_table([camvid], tmp_path)
+    assert "| Loss | CamVid mIoU |" in to_markdown(t) and "the loss: mIoU (best" in t.caption

@@ -53,6 +53,11 @@ def test_speed_command_prints_one_json_object():
     d = out["default"]
     assert d["gflop_per_iter"] < d["nominal_gflop_per_iter"] and d["achieved_tflops"] < d["nominal_tflops"]
     assert out["limit_over_nominal"] == pytest.approx(limit / d["nominal_tflops"], rel=0.02)
+    # each path against the limit of its own precision: the plain loop's is fp32
+    plain_limit = max(out["matmul_peak_tflops"]["fp32"], out["conv_peak_tflops"]["fp32"])
+    assert out["plain"]["limit_tflops"] == plain_limit and out["default"]["limit_tflops"] == limit
+    assert out["plain"]["limit_over_achieved"] == pytest.approx(plain_limit / out["plain"]["achieved_tflops"], rel=0.02)
+    assert out["default"]["limit_over_achieved"] == out["limit_over_achieved"]
     # the suite's whole schedule at each path's speed
     from harness.config import load_suite
 
@@ -140,3 +145,19 @@ def test_git_commit_named_by_the_copier_outside_a_repository(tmp_path, monkeypat
     monkeypatch.delenv("DFAD_GIT_COMMIT")
     if (REPO / ".git").exists():  # a git checkout: the commit git names
         assert len(env.git_commit.__wrapped__().split("-")[0]) == 40
+
+
+def test_speed_of_a_method_without_a_generator_reports_no_fusion(mnist_data):
+    """KD-ORI has no generator: nothing is fused on either path, and executed FLOPs equal the nominal ones."""
+    from harness.config import load_suite
+    from harness.speed import measure
+
+    threads = torch.get_num_threads()
+    try:  # measure() sets the process's threads and allocator: glibc's default allocator, threads put back
+        out = measure(load_suite("mnist", "smoke", ["runtime.keep_freed_memory=false"]), "kd_ori", iters=1,
+                      warmup=0, repeats=1)
+    finally:
+        torch.set_num_threads(threads)
+    for path in ("default", "plain"):
+        assert out[path]["fused_upsample"] is False
+        assert out[path]["gflop_per_iter"] == out[path]["nominal_gflop_per_iter"] > 0
