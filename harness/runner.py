@@ -254,10 +254,17 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
-                    frozen_teacher=ctx.fast, fused_upsample=ctx.fused_upsample, teacher_bn_folded=ctx.teacher_bn_folded)
+                    frozen_teacher=ctx.fast, teacher_bn_folded=ctx.teacher_bn_folded)
         m.setup()
+        # whether a generator of this method fuses upsample+conv (a method without one has nothing to fuse)
+        base["fused_upsample"] = any(getattr(mod, "fused_upsample", False) for mod in m.modules.values())
         resume = load_resume_state(rd, fp, progress.log, cfg, previous_cfg)
         rows = list(resume["history"]) if resume else []
+        if resume:  # offline W&B cannot resume a run: a new W&B run continues it, and names the earlier ones
+            earlier = rd.summary() or {}
+            ids = [*earlier.get("wandb_resumed_from", []), *filter(None, [earlier.get("wandb_id")])]
+            if ids:
+                base["wandb_resumed_from"] = ids
         for cb in callbacks:
             base.update(cb.on_run_start(rd, cfg, base) or {})
         rd.write_summary({**base, "status": "running"})

@@ -98,7 +98,8 @@ class WandbTracker(RunCallback):
         spec = get_dataset(config["dataset"])
         self.stats = (torch.tensor(spec.mean).view(-1, 1, 1), torch.tensor(spec.std).view(-1, 1, 1))
         cfg = redact({**config, "suite": self.suite.name, "profile": self.suite.profile, **self.extra,
-                      "config_hash": summary.get("config_hash")})
+                      "config_hash": summary.get("config_hash"),
+                      **({"resumed_from": summary["wandb_resumed_from"]} if summary.get("wandb_resumed_from") else {})})
         self.dir.mkdir(parents=True, exist_ok=True)
         project = self.cfg.project or "dfad-bench"
         self.run, mode = start_run(mode, project=project, entity=self.cfg.entity, dir=str(self.dir),

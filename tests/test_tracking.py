@@ -44,6 +44,20 @@ def test_run_is_an_offline_wandb_run(runs):
     assert grids
 
 
+def test_a_resumed_run_names_its_earlier_wandb_runs(runs):
+    """Offline W&B cannot resume a run: the attempt that continues an interrupted run is a new W&B run whose
+    config and summary.json name the earlier ones."""
+    first = cli_run(runs)
+    path = runs / "mnist" / "dfad" / "seed-0" / "summary.json"
+    path.write_text(json.dumps({**first, "status": "interrupted"}))  # as Ctrl-C leaves it, checkpoint kept
+    second = cli_run(runs)
+    assert second["status"] == "done" and second["wandb_id"] != first["wandb_id"]
+    assert second["wandb_resumed_from"] == [first["wandb_id"]]
+    assert read_run(find_run(runs, second["wandb_id"]))["config"]["resumed_from"] == [first["wandb_id"]]
+    assert second["best_acc"] == first["best_acc"]  # resumed, not retrained
+    assert second["fused_upsample"] is True  # DFAD's generator fuses upsample+conv on the default path
+
+
 def test_disabled_tracking_changes_nothing_it_computes(runs, tmp_path_factory):
     tracked = cli_run(runs)
     other = runs / "untracked"
