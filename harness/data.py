@@ -236,7 +236,9 @@ def register_folder(name: str, cfg) -> DatasetSpec:
             raise HarnessError(f"dataset {name!r}: {folder} changed (images or classes added or removed) since the "
                                f"suite was read; run it again")
         drop_stale_caches(root, f"{name}-{key}", source)
-        return _folder_split(folder, split, classes, (h, w), cfg.channels)
+        out = _folder_split(folder, split, classes, (h, w), cfg.channels)
+        note_source(root, f"{name}-{key}", source)  # only once decoded: a folder that fails to decode leaves nothing
+        return out
 
     spec = DatasetSpec(name, (cfg.channels, h, w), len(classes), tuple(cfg.mean or [0.5] * cfg.channels),
                        tuple(cfg.std or [0.5] * cfg.channels), load, cfg.augment, how_to_get=layout,
@@ -266,7 +268,12 @@ def drop_stale_caches(root: Path, cache_name: str, source: str) -> None:
                 side.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def note_source(root: Path, cache_name: str, source: str) -> None:
+    """The `.source` file drop_stale_caches reads, beside a decoded copy."""
     try:
+        d = root / ".dfad-cache"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{cache_name}.source").write_text(source)
     except OSError:  # a read-only data root keeps no cache at all
