@@ -169,6 +169,8 @@ CASES = [
     Case("checkpoint truncated", ["run", "mnist", *SMOKE, *FRESH, CK], setup=truncated),
     Case("checkpoint of another architecture", ["run", "mnist", *SMOKE, *FRESH, CK], setup=torch_file(lambda: state_dict("lenet5_half"))),
     Case("checkpoint of another class count", ["run", "mnist", *SMOKE, *FRESH, CK], setup=torch_file(lambda: state_dict("lenet5", 100))),
+    Case("validate: checkpoint of another class count", ["validate", "mnist", "--profile", "smoke", "--no-data", CK],
+         setup=torch_file(lambda: state_dict("lenet5", 100))),
     Case("checkpoint not a state_dict", ["run", "mnist", *SMOKE, *FRESH, CK], setup=torch_file(lambda: [1, 2, 3])),
     Case("checkpoint with pickled code (torch zip)", ["run", "mnist", *SMOKE, *FRESH, CK], setup=lambda t: evil(t, True), sentinel=True),
     Case("checkpoint with pickled code (raw pickle)", ["run", "mnist", *SMOKE, *FRESH, CK], setup=lambda t: evil(t, False), sentinel=True),

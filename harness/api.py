@@ -151,6 +151,9 @@ def check_inputs(teacher, student, test_set, train_set, input_shape, num_classes
     otherwise fail late or broadcast silently. Returns the test set as tensors, the input shape and class count."""
     if test_set is None:
         raise HarnessError("distill needs test_set= (a Dataset of (image, label) pairs)")
+    for role, model in (("teacher", teacher), ("student", student)):
+        if not isinstance(model, nn.Module):
+            raise HarnessError(f"distill: the {role} must be a torch.nn.Module, got {type(model).__name__}")
     if teacher is student:
         raise HarnessError("distill: teacher and student are the same module; pass a separate student")
     test = test_set if isinstance(test_set, ImageTensors) else materialize(test_set)

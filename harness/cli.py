@@ -15,6 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 RUNS_DIR = typer.Option("runs", "--runs-dir", help="Where runs are stored: <runs-dir>/<suite>/<method>/seed-<n>/")
 PROFILE = typer.Option(None, "--profile", "-p", help="paper, or one of the suite's profiles: quick, smoke, ... "
                        "(default: paper with CUDA, else quick where the suite has it)")
+STORED_PROFILE = typer.Option(None, "--profile", "-p", help="the profile the runs were made with (default: the one "
+                              "recorded in the stored runs)")
 OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. budget.iterations=500")
 
 
@@ -108,14 +110,15 @@ def _report(s, runs_dir, metric="best"):
 
     out = suite_report(s, runs_dir, metric, "under")
     typer.echo((Path(runs_dir) / s.name / "report" / "table.md").read_text())
-    typer.echo(f"wrote {out} and {Path(runs_dir) / s.name / 'report'}/table.{{md,tex,csv}}")
+    typer.echo(f"wrote {out} and {Path(runs_dir) / s.name / 'report'}/table.{{md,tex,csv,html}}, "
+               f"table-standalone.tex, figures")
 
 
 @app.command()
 @guarded
 def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (names or files); several give one "
                                                                   "table with a column group per dataset"),
-           runs_dir: Path = RUNS_DIR, profile: Optional[str] = PROFILE,
+           runs_dir: Path = RUNS_DIR, profile: Optional[str] = STORED_PROFILE,
            paper_table: Optional[str] = typer.Option(None, "--paper-table", help="cls | seg: the paper's Table 2 "
                                                      "or 3, over the suites named after its datasets"),
            metric: str = typer.Option("best", "--metric", help="best | final"),
@@ -151,7 +154,7 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
     if len(loaded) > 1 or paper_table or ablation:
         stem = (f"paper-table-{paper_table}" if paper_table else
                 ("ablation-" if ablation else "table-") + "+".join(s.name for s in loaded if s))
-        out = write_multi(t, runs_dir, stem, paper, [s for s in loaded if s], ablation)
+        out = write_multi(t, runs_dir, stem, paper, [s for s in loaded if s], ablation and plots)
         typer.echo(f"wrote {out}/{stem}.{{md,tex,csv,html}} and {stem}-standalone.tex", err=True)
     typer.echo(render(t, fmt, paper))
 
@@ -161,9 +164,15 @@ def _report_suite(name: str, runs_dir: Path, profile: str | None, optional: bool
     suite file or no runs (its column shows n/a)."""
     from .config import BENCHMARKS_DIR
 
+    from .data import FOLDERS_OPTIONAL
+
     if optional and not (BENCHMARKS_DIR / f"{name}.yaml").is_file():
         return None
-    s = _load(name, profile or _stored_profile(name, runs_dir), [], announce=False)
+    token = FOLDERS_OPTIONAL.set(True)  # a report reads the run store, not the suite's own data
+    try:
+        s = _load(name, profile or _stored_profile(name, runs_dir), [], announce=False)
+    finally:
+        FOLDERS_OPTIONAL.reset(token)
     if not (runs_dir / s.name).is_dir():
         if optional:
             return s
@@ -233,6 +242,7 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
             profile: Optional[str] = PROFILE, runs_dir: Path = RUNS_DIR):
     """Train (or reuse, or load with teacher.checkpoint=PATH) the suite's teacher and print its accuracy."""
     from . import env
+    from .data import get_dataset
     from .teacher import ensure_teacher
 
     from .runner import check_models
@@ -241,7 +251,8 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
     env.apply_runtime(s.runtime)
     check_models(s, ("teacher",))
     t = ensure_teacher(s, runs_dir, env.resolve_device(s.runtime.device))
-    typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test acc {t.acc:.4f} ({t.source}, {t.path})")
+    what = "mIoU" if get_dataset(s.dataset).metric == "miou" else "acc"
+    typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test {what} {t.acc:.4f} ({t.source}, {t.path})")
 
 
 @app.command()

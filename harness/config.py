@@ -480,6 +480,10 @@ def validate(raw: dict, source: str = "suite") -> Suite:
                 raise HarnessError(f"{source}: {one_line(e, prefix=f'methods.{name}.')}") from None
             if getattr(params, "data", None) is not None and params.data not in DATASETS:  # KD's data source
                 raise HarnessError(f"methods.{name}.data: {unknown('dataset', params.data, DATASETS.names())}")
+            cls = suite.method_class(name)
+            if not cls.data_free and cls.training_data(params, suite.dataset) is None:
+                raise HarnessError(f"methods.{name}: no default data source for dataset {suite.dataset!r}; set "
+                                   f"methods.{name}.data to a dataset name")
         check_search(suite)
         return suite
     except ValidationError as e:

@@ -5,6 +5,7 @@ ImageFolder layout `<root>/<name>/{train,test}/<class>/`), then live in memory a
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -169,33 +170,61 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
                   channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """`<root>/<class>/<image>` decoded: labels follow `classes` (default: root's subfolders, sorted; a
     subfolder not among them is an error), images resized to `hw` where given, 1 or 3 channels."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     classes = found if classes is None else classes
     extra = sorted(set(found) - set(classes))
     if extra:
         raise HarnessError(f"{root}: class folder(s) {', '.join(extra[:3])} not in the training classes")
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     xs, ys = [], []
     for label, c in enumerate(classes):
         for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
             if not _is_image_file(f):
                 continue
-            try:
-                img = decode_image(read_file(str(f)), mode=mode)
-            except Exception:
-                raise HarnessError(f"{f}: not an image torchvision can decode (jpeg, png, webp, gif)") from None
+            img = decode_file(f, channels)
             xs.append(img if hw is None or tuple(img.shape[-2:]) == hw else resize(img[None], hw)[0])
             ys.append(label)
     if not xs:
         raise MissingDataError(f"no images under {root}/<class>/")
+    if hw is None and len({tuple(x.shape) for x in xs}) > 1:
+        raise HarnessError(f"{root}: images of different sizes ({', '.join(sorted({str(tuple(x.shape)) for x in xs})[:3])}); "
+                           f"give the dataset a size to resize them to")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
+# what torchvision's ImageFolder reads; other files in a class folder (notes, label lists) are skipped
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
 def _is_image_file(f: Path) -> bool:
-    """Files an image folder holds besides images are skipped: hidden ones and the OS's thumbnails/settings."""
-    return f.is_file() and not f.name.startswith(".") and f.name.lower() not in ("thumbs.db", "desktop.ini")
+    """Image files by name; hidden files and the OS's thumbnails (Thumbs.db) are not."""
+    return f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+
+
+def decode_file(f: Path, channels: int) -> torch.Tensor:
+    """One image file as uint8 (channels, H, W): torchvision's decoders, PIL for the formats they lack (BMP,
+    TIFF); 16-bit images scaled to 8 bits, an animation's first frame, gray, RGB and alpha made `channels`."""
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        img = decode_image(read_file(str(f)), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    except Exception:
+        try:
+            from PIL import Image
+
+            with Image.open(f) as im:
+                img = TF.pil_to_tensor(im.convert("L" if channels == 1 else "RGB"))  # the first frame
+        except Exception:
+            raise HarnessError(f"{f}: not an image torchvision or PIL can decode") from None
+    if img.dim() == 4:  # an animated GIF: its first frame
+        img = img[0]
+    if img.dtype != torch.uint8:  # 16-bit PNGs: 0..65535 -> 0..255, as 8-bit images are stored
+        img = TF.to_dtype(img, torch.uint8, scale=True)
+    if img.shape[0] in (2, 4):  # gray or RGB with alpha, where a decoder kept it
+        img = img[:-1]
+    if img.shape[0] != channels:  # GIF and WebP decoders give RGB whatever mode is asked for
+        img = TF.rgb_to_grayscale(img) if channels == 1 else TF.grayscale_to_rgb(img)
+    return img.contiguous()
 
 
 _OWN: set[str] = set()  # names registered from suites' `datasets:` sections
@@ -205,10 +234,31 @@ def is_builtin(name: str) -> bool:
     return name in DATASETS and normalize(name) not in _OWN
 
 
+# True while stored runs are read (reports): a suite's own dataset folder need not be there any more
+FOLDERS_OPTIONAL: contextvars.ContextVar[bool] = contextvars.ContextVar("folders_optional", default=False)
+
+
 def register_folder(name: str, cfg) -> DatasetSpec:
     """A suite's own dataset (config.FolderDataCfg) registered under `name`. Its cache name carries a
     fingerprint of the folder, size, channels, classes and the class folders' modification times, so
-    adding or removing images (or resizing) decodes afresh."""
+    adding or removing images (or resizing) decodes afresh. Under FOLDERS_OPTIONAL a folder that is gone
+    or wrong registers a stand-in whose every load raises the error."""
+    try:
+        return _register_folder(name, cfg)
+    except HarnessError as e:
+        if not FOLDERS_OPTIONAL.get():
+            raise
+
+        def unavailable(root, split, e=e):
+            raise e
+
+        _OWN.add(normalize(name))
+        return DATASETS.replace(name, DatasetSpec(
+            name, (cfg.channels, *cfg.size), 0, tuple(cfg.mean or [0.5] * cfg.channels),
+            tuple(cfg.std or [0.5] * cfg.channels), unavailable, cfg.augment, cache_name=f"{name}-unavailable"))
+
+
+def _register_folder(name: str, cfg) -> DatasetSpec:
     folder = Path(cfg.folder).expanduser().resolve()
     layout = f"expects {folder}/{{train,test}}/<class>/<image>"
     train = folder / "train"
@@ -418,17 +468,26 @@ class LoaderBatches:
 
     def __next__(self):
         try:
-            x, y = next(self._it)
+            x, y = self._next()
         except StopIteration:
             self._it = iter(self.loader)
             try:
-                x, y = next(self._it)
+                x, y = self._next()
             except StopIteration:
                 raise HarnessError("train_set gives no batches") from None
         if isinstance(y, torch.Tensor):  # labels as they come (KD reads only the teacher), a label column squeezed
             y = y.to(self.device, non_blocking=True)
             y = y[:, 0] if y.dim() == 2 and y.shape[1] == 1 else y
         return float_images(x.to(self.device, non_blocking=True)), y
+
+    def _next(self):
+        """The next batch; a sample that cannot join it (another image size or mode than the first's, which
+        check_train_set read) is a one-line error, not a collate traceback mid-training."""
+        try:
+            return next(self._it)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise HarnessError(f"train_set: a batch could not be formed ({type(e).__name__}: {first_line(e)[:160]}); "
+                               f"every image must have the same shape, as the first one read") from None
 
     def state_dict(self):
         return {}

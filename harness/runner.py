@@ -19,7 +19,7 @@ from .loop import CHECKPOINT_VERSION, run_loop
 from .models import build_model, check_fits, check_same_output, count_macs
 from .progress import SuiteProgress
 from .store import STORAGE_ERRNOS, RunDir, Store, atomic_torch_save
-from .teacher import ensure_teacher
+from .teacher import ensure_teacher, load_weights
 
 
 @dataclass
@@ -158,8 +158,6 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
     its kwargs cannot build, one that cannot take the dataset's input, or one with the wrong number of outputs
     is then a one-line error before any training, not a failed run later. Draws no random numbers a run sees."""
     spec = get_dataset(suite.dataset)
-    if "teacher" in roles and suite.teacher.checkpoint and not Path(suite.teacher.checkpoint).expanduser().is_file():
-        raise HarnessError(f"teacher checkpoint {suite.teacher.checkpoint} does not exist")
     cfgs = {"teacher": suite.teacher.model, "student": suite.student}
     outputs = {}
     for role in roles:
@@ -178,6 +176,8 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
             raise
         except Exception as e:
             raise HarnessError(f"{what} cannot be built: {type(e).__name__}: {first_line(e)}") from None
+        if role == "teacher" and suite.teacher.checkpoint:  # its keys and shapes fit the model, nothing loaded
+            load_weights(model, suite.teacher.checkpoint, load=False)
         fits = (what, spec.input_shape, spec.num_classes, f"{suite.dataset}'s input")
         try:
             outputs[role] = check_fits(model.to("meta"), *fits)
@@ -355,7 +355,8 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
             progress.log(f"warning: {line}")
         with exclusive(Path(runs_dir) / "teachers" / f".{suite.name}-{suite.dataset}.lock", wait=True):
             teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
-        progress.log(f"teacher {suite.teacher.model.name}: test acc {teacher.acc:.4f} ({teacher.source})")
+        what = "mIoU" if get_dataset(suite.dataset).metric == "miou" else "acc"
+        progress.log(f"teacher {suite.teacher.model.name}: test {what} {teacher.acc:.4f} ({teacher.source})")
         test = get_dataset(suite.dataset).load("test")
         pending = list(runs)
         wait = False

@@ -6,6 +6,8 @@ import copy
 import math
 import pickle
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +45,21 @@ def build_teacher_model(cfg: TeacherCfg, spec_shape, num_classes) -> nn.Module:
     return build_model(cfg.model.name, num_classes=num_classes, in_channels=spec_shape[0], **cfg.model.kwargs)
 
 
-def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkpoint") -> nn.Module:
-    """Load a state_dict (or {'state_dict'|'model': ...}) with weights_only=True; one-line errors."""
+def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkpoint", load: bool = True) -> nn.Module:
+    """Load a state_dict (or {'state_dict'|'model': ...}) with weights_only=True; one-line errors. load=False
+    only checks that the file fits the model (which may be on the meta device)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise HarnessError(f"{what} {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise HarnessError(f"{what} {path} does not exist")
+    if is_torchscript(path):
+        raise HarnessError(f"{what} {path} is a TorchScript archive; save the weights instead: "
+                           f"torch.save(model.state_dict(), path)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings about the file; the error below says what is wrong
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Weights only" in str(e):
             raise HarnessError(f"{what} {path} carries pickled code or objects, refused "
@@ -69,18 +79,29 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkp
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise HarnessError(f"{what} {path} holds no state_dict of tensors")
-    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    # wrappers' prefixes: DataParallel / DistributedDataParallel, torch.compile
+    obj = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(obj))
     extra = sorted(set(obj) - set(expected))
     wrong = [k for k in expected if k in obj and obj[k].shape != expected[k].shape]
     if missing or extra or wrong:
-        detail = (f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else
-                  f"{len(extra)} unexpected keys (e.g. {extra[0]})" if extra else
-                  f"{wrong[0]} has shape {tuple(obj[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
+        detail = "; ".join(f"{len(keys)} {kind} keys (e.g. {keys[0]})"
+                           for kind, keys in (("missing", missing), ("unexpected", extra)) if keys) or (
+            f"{wrong[0]} has shape {tuple(obj[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
         raise HarnessError(f"{what} {path} does not fit {type(model).__name__}: {detail}")
-    model.load_state_dict(obj)
+    if load:
+        model.load_state_dict(obj)
     return model
+
+
+def is_torchscript(path: Path) -> bool:
+    """torch.jit.save writes a zip archive with the module's code and constants beside its data."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(("/constants.pkl", "/code/")) or "/code/__torch__" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def teacher_key(suite: Suite) -> dict:

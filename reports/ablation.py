@@ -9,8 +9,8 @@ from pathlib import Path
 
 from harness.config import Suite, method_of
 
-from .collect import LOSS_LABELS, aggregate, dataset_label, runs_frame, value_label
-from .table import Table
+from .collect import LOSS_LABELS, aggregate, runs_frame, value_label
+from .table import EVAL_WORD, Table, column_names
 
 LOSS_ORDER = ["mae", "mse", "kld"]
 
@@ -28,26 +28,41 @@ def is_ablation(suite: Suite) -> bool:
     return len(set(loss_variants(suite).values())) >= 2
 
 
-def ablation_table(suites: list[Suite], runs_dir: str | Path, metric: str = "best") -> Table:
-    losses = sorted({v for s in suites for v in loss_variants(s).values()},
+def ablation_rows(suites: list[Suite]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Row key -> (label, suite name -> method). One row per loss; where a suite runs two variants with the
+    same loss (e.g. `dfad` and `dfad_wide`, both MAE), one row per variant, labelled "MAE (dfad_wide)"."""
+    variants = {s.name: loss_variants(s) for s in suites}
+    losses = sorted({v for vs in variants.values() for v in vs.values()},
                     key=lambda x: (LOSS_ORDER.index(x) if x in LOSS_ORDER else 99, x))
-    columns = [dataset_label(s.dataset) for s in suites]
+    rows: dict[str, tuple[str, dict[str, str]]] = {}
+    for loss in losses:
+        shown = LOSS_LABELS.get(loss, loss)
+        if all(list(vs.values()).count(loss) <= 1 for vs in variants.values()):
+            rows[loss] = (shown, {name: m for name, vs in variants.items() for m, v in vs.items() if v == loss})
+        else:
+            for m in dict.fromkeys(m for vs in variants.values() for m, v in vs.items() if v == loss):
+                rows[f"{loss}/{m}"] = (f"{shown} ({m})", {name: m for name, vs in variants.items() if vs.get(m) == loss})
+    return rows
+
+
+def ablation_table(suites: list[Suite], runs_dir: str | Path, metric: str = "best") -> Table:
+    rows = ablation_rows(suites)
+    columns = column_names(suites, [s.dataset for s in suites])
     cells = {}
     for s, col in zip(suites, columns):
         runs = runs_frame(runs_dir, s.name)
-        by_loss = {v: m for m, v in loss_variants(s).items()}
-        for loss in losses:
-            m = by_loss.get(loss)
-            cells[(loss, col)] = aggregate(runs[runs["method"] == m], metric) if m else aggregate(
-                runs.iloc[0:0], metric)
+        for key, (_, by_suite) in rows.items():
+            m = by_suite.get(s.name)
+            cells[(key, col)] = aggregate(runs[runs["method"] == m] if m else runs.iloc[0:0], metric)
     values = {col: value_label(s.dataset) for s, col in zip(suites, columns)}
-    t = Table(losses, columns, cells, {x: "free" for x in losses}, flops=False,
-              row_labels={x: LOSS_LABELS.get(x, x) for x in losses}, row_title="Loss", value_names=values,
+    t = Table(list(rows), columns, cells, {x: "free" for x in rows}, flops=False,
+              row_labels={k: lab for k, (lab, _) in rows.items()}, row_title="Loss", value_names=values,
               value_name="mIoU" if set(values.values()) == {"mIoU"} else "Acc.")
     ns = t.seed_counts() or [0]
     n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
     what = {"Acc.": "test accuracy", "mIoU": "mIoU"}
     measured = " / ".join(what[v] for v in dict.fromkeys(values.values())) or "test accuracy"
-    t.caption = (f"DFAD with each discrepancy as the loss: {measured} ({metric} over evaluations), "
-                 f"mean ± std over {n} seeds; bold: best loss per dataset.")
+    spread = "one seed per cell (no spread shown)" if ns == [1] else f"mean ± std over {n} seeds"
+    t.caption = (f"DFAD with each discrepancy as the loss: {measured}, the {EVAL_WORD[metric]} of each run's "
+                 f"evaluations; {spread}; bold: best loss per dataset.")
     return t

@@ -31,7 +31,7 @@ def suite_report(suite: Suite, runs_dir, metric: str = "best", with_paper: str |
         extra = ["## Loss ablation", "", (out / "ablation.md").read_text()]
         png = plots.ablation([suite], runs_dir, out)
         if png:
-            figures.append(("Loss ablation: test accuracy per discrepancy", png.name))
+            figures.append((f"Loss ablation: {metric_name(suite.dataset)} per discrepancy", png.name))
     md = report_md(f"{suite.name} ({suite.profile} profile)", (out / "table.md").read_text(), figures, extra)
     atomic_write(out / "report.md", md)
     return out / "report.md"

@@ -91,10 +91,17 @@ def teacher_summary(runs_dir: str | Path, suite_name: str) -> dict:
 
 def curves(runs_dir: str | Path, suite_name: str, method: str) -> pd.DataFrame:
     """metrics.csv of every finished run of a method, stacked with a seed column (an unreadable file is skipped
-    with a warning: a plot is not worth failing a report over)."""
+    with a warning: a plot is not worth failing a report over). Seeds made with different configs are not
+    averaged here either: none of them is drawn, with a warning (the table's cell says which key differs)."""
+    done = done_runs(runs_dir, suite_name, method)
+    mixed = mixed_configs(pd.DataFrame([{"seed": rd.seed, "config": read_yaml_or_none(rd.config)} for rd in done]))\
+        if len(done) > 1 else None
+    if mixed:
+        print(f"warning: {suite_name}/{method} not plotted: {mixed}", file=sys.stderr)
+        return pd.DataFrame()
     frames = []
-    for rd in Store(runs_dir, suite_name).runs():
-        if rd.method == method and rd.is_done() and rd.metrics.is_file():
+    for rd in done:
+        if rd.metrics.is_file():
             try:
                 df = pd.read_csv(rd.metrics)
                 for col in df.columns:  # the numbers the plots read; text columns (`metric`: miou) stay as they are

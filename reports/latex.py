@@ -11,11 +11,13 @@ from .render import Markup, display, footnotes, group_starts
 from .table import Table
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
 def escape(text: str) -> str:
-    return "".join(_SPECIAL.get(ch, ch) for ch in str(text))
+    out = "".join(_SPECIAL.get(ch, ch) for ch in str(text))
+    return out.replace("--", "-{}-").replace("--", "-{}-")  # `--runs-dir` stays two hyphens, not an en dash
 
 
 MARKUP = Markup(pm=r"$\pm$", delta=r"$\Delta$", mark=lambda a: rf"\textsuperscript{{{a}}}", escape=escape,

@@ -34,7 +34,8 @@ def band(ax, df: pd.DataFrame, col: str, name: str, x: str = "iteration"):
     g = df.groupby("iteration")
     stats = pd.DataFrame({"mean": g[col].mean(), "std": g[col].std(ddof=1).fillna(0.0)})
     xs = g["elapsed_s"].mean() / 60 if x == "minutes" else stats.index
-    line, = ax.plot(xs, stats["mean"], label=f"{name} (n={df['seed'].nunique()})")
+    line, = ax.plot(xs, stats["mean"], label=f"{name} (n={df['seed'].nunique()})",
+                    marker="o" if len(stats) == 1 else None)  # a single evaluation is a point, not a line
     ax.fill_between(xs, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                     color=line.get_color(), alpha=0.2, linewidth=0)
     return line
@@ -149,20 +150,22 @@ def generator_grid(rd, dataset: str, n: int):
 
 def ablation(suites: list[Suite], runs_dir, out_dir: Path, name: str = "ablation-curves") -> Path | None:
     """One panel per dataset, one band per loss."""
-    from .ablation import LOSS_LABELS, loss_variants
+    from .ablation import ablation_rows
 
+    rows = ablation_rows(suites)
     fig, axes = plt.subplots(1, len(suites), figsize=(6 * len(suites), 4), squeeze=False)
     drawn = 0
     for ax, s in zip(axes[0], suites):
-        for m, loss in loss_variants(s).items():
-            df = curves(runs_dir, s.name, m)
+        for shown, by_suite in rows.values():
+            df = curves(runs_dir, s.name, by_suite[s.name]) if s.name in by_suite else pd.DataFrame()
             if len(df):
-                band(ax, df, "test_acc", LOSS_LABELS.get(loss, loss))
+                band(ax, df, "test_acc", shown)
                 drawn += 1
         ax.set(xlabel="iteration", ylabel=metric_name(s.dataset), title=f"{s.name} ({s.dataset}): loss ablation",
                ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     if not drawn:
         plt.close(fig)
         return None

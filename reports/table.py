@@ -18,6 +18,7 @@ from harness.store import Store, atomic_write
 from .collect import PAPER_ORDER, Cell, aggregate, dataset_label, group, label, runs_frame, teacher_summary, \
     value_label
 
+EVAL_WORD = {"best": "best", "final": "last"}  # --metric, as captions say it
 PAPER_TABLES = {"cls": ["mnist", "cifar10", "cifar100", "caltech101"], "seg": ["camvid", "nyuv2"]}
 
 
@@ -135,8 +136,23 @@ def row_order(suites: list[Suite | None], runs_dir, paper_rows: bool, frames: di
     base = [m for m in PAPER_ORDER if (paper_rows and group(m) != "later") or m in seen or m == "teacher"]
     rest = [m for m in seen if m not in base]
     key = {"driven": 0, "free": 1, "later": 2}
-    first = next((s for s in suites if s is not None), None)
-    return sorted(base + rest, key=lambda m: key[group(m, first)])  # stable: paper order kept within groups
+    return sorted(base + rest, key=lambda m: key[group(m, defining_suite(m, suites))])  # stable within groups
+
+
+def defining_suite(method: str, suites: list[Suite | None]) -> Suite | None:
+    """The first suite whose methods define `method` (a variant's `method:` says what it is), else the first."""
+    present = [s for s in suites if s is not None]
+    return next((s for s in present if method in s.methods), present[0] if present else None)
+
+
+def column_names(suites: list[Suite | None], names: list[str]) -> list[str]:
+    """Dataset labels; two suites on one dataset (e.g. mnist and ablation-loss) are told apart by suite name."""
+    columns = [dataset_label(n) for n in names]
+    if len(set(columns)) < len(columns):
+        if len({(c, s.name if s else n) for c, s, n in zip(columns, suites, names)}) < len(columns):
+            raise HarnessError(f"report: a suite is named twice ({', '.join(names)})")
+        columns = [f"{c} ({s.name})" if columns.count(c) > 1 and s else c for c, s in zip(columns, suites)]
+    return columns
 
 
 def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Path, metric: str = "best",
@@ -144,19 +160,14 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
     """names[i] is the dataset of suites[i] (a suite may be None when no suite file exists yet)."""
     frames = {s.name: runs_frame(runs_dir, s.name) for s in suites if s is not None}  # each store read once
     rows = row_order(suites, runs_dir, paper_rows, frames)
-    columns = [dataset_label(n) for n in names]
-    if len(set(columns)) < len(columns):  # two suites on one dataset (e.g. mnist and ablation-loss): name the suite
-        if len({(c, s.name if s else n) for c, s, n in zip(columns, suites, names)}) < len(columns):
-            raise HarnessError(f"report: a suite is named twice ({', '.join(names)})")
-        columns = [f"{c} ({s.name})" if columns.count(c) > 1 and s else c for c, s in zip(columns, suites)]
+    columns = column_names(suites, names)
     cells = {}
     for s, col in zip(suites, columns):
         for r, c in suite_cells(s, runs_dir, metric, rows, frames.get(s.name) if s else None).items():
             cells[(r, col)] = c
-    first = next((s for s in suites if s is not None), None)
     values = {col: value_label(n) for col, n in zip(columns, names)}
-    defined = {r: next((s for s in suites if s is not None and r in s.methods), first) for r in rows}
-    t = Table(rows, columns, cells, {r: group(r, first) for r in rows},
+    defined = {r: defining_suite(r, suites) for r in rows}
+    t = Table(rows, columns, cells, {r: group(r, defined[r]) for r in rows},
               value_name="mIoU" if set(values.values()) == {"mIoU"} else "Acc.", value_names=values,
               row_labels={r: label(r, defined[r]) for r in rows})
     # the profiles the stored runs were made with (the suite's loaded one only where none is recorded)
@@ -171,13 +182,15 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
 def caption(t: Table, profiles: list[str], metric: str) -> str:
     """profiles: those of the stored runs (a paper table's columns without runs have none to name)."""
     ns = t.seed_counts()
-    n = ("no finished runs" if not ns else f"n={ns[0]} seeds" if len(ns) == 1
-         else f"n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
+    spread = ("no finished runs" if not ns else "one seed per cell (no spread shown)" if ns == [1]
+              else f"mean ± std over n={ns[0]} seeds" if len(ns) == 1
+              else f"mean ± std over n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
     measured = {t.value(c) for c in t.columns} or {t.value_name}
     what = ("mIoU" if measured == {"mIoU"} else "Test accuracy (mIoU for segmentation)" if "mIoU" in measured
             else "Test accuracy")
-    return (f"{what} ({metric} over evaluations), mean ± std over {n}; "
-            f"FLOPs: student MACs per image; bold: best data-free result per dataset; "
+    return (f"{what}, the {EVAL_WORD[metric]} of each run's evaluations; {spread}; "
+            f"FLOPs: MACs per image (the student's; the teacher's in its row); bold: best data-free result per "
+            f"dataset; "
             + (f"profiles: {', '.join(profiles)} (mixed: each run's summary.json says which)." if len(profiles) > 1
                else f"profile: {', '.join(profiles) or 'none'}."))
 

@@ -154,6 +154,11 @@ def test_labels_and_shapes_that_would_broadcast_are_refused_before_training():
         (dict(test_set=_data(), precision="fp16"), "distill: precision: Input should be 'auto', 'fp32' or 'bf16'"),
         (dict(test_set=_data(), channels_last="yes"), "distill: channels_last"),
         (dict(test_set=_data(), iterations=True), "distill: iterations: Value error, expected a number"),
+        (dict(test_set=_data(), student=None), "distill: the student must be a torch.nn.Module, got NoneType"),
+        (dict(test_set=_data(), teacher=lambda x: x), "distill: the teacher must be a torch.nn.Module, got function"),
+        (dict(test_set=_data(), method="kd_ori", train_set=torch.utils.data.ConcatDataset(
+            [_data(8), _data(8, shape=(2, 16, 16))])),  # the first sample is fine; a later batch mixes sizes
+         "train_set: a batch could not be formed (RuntimeError: stack expects each tensor to be equal size"),
         (dict(test_set=_data(), batch_size=True), "batch_size: Value error, expected a number"),
         (dict(test_set=_data(), milestones=[50, 100], schedule="multistep"), "milestones.0: Input should be less than"),
     ]

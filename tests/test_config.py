@@ -75,6 +75,7 @@ def test_profile_overlays_and_overrides():
     ("methods.dfad.milestones=[0.5, 1.0]", "methods.dfad.milestones.1: Input should be less than 1"),
     ("paper.dfad=true", "paper: Value error, expected numbers, not true/false"),
     ("methods.kd_ori.data=nosuch", "methods.kd_ori.data: unknown dataset 'nosuch'"),
+    ("dataset=camvid", "methods.kd_rel: no default data source for dataset 'camvid'; set methods.kd_rel.data"),
 ])
 def test_bad_config_is_one_line_error_naming_it(override, fragment):
     with pytest.raises(HarnessError) as e:

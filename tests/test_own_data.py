@@ -70,6 +70,12 @@ def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):
     (folder / "train" / "digit3" / "0.png").unlink()
     changed = cli("run", str(suite), "--runs-dir", str(runs), "--no-report", data=tmp_path / "cache")
     assert changed.returncode == 2 and "finished with a different config" in changed.stderr, changed.stderr
+    # a report reads the run store: the dataset folder may be gone by then (archived, another machine)
+    folder.rename(tmp_path / "archived")
+    rep = cli("report", str(suite), "--runs-dir", str(runs), data=tmp_path / "cache")
+    assert rep.returncode == 0 and "| DFAD |" in rep.stdout, rep.stderr
+    gone = cli("validate", str(suite), data=tmp_path / "cache")  # where the data is needed, it is still an error
+    assert gone.returncode == 2 and "no folder" in gone.stderr, gone.stderr
 
 
 @pytest.mark.parametrize("edit, fragment", [
@@ -159,3 +165,37 @@ def test_editing_a_dataset_replaces_its_decoded_copy(tmp_path, mnist_data, monke
     with pytest.raises(HarnessError, match="changed .* since the suite was read"):
         first.load("test")
     assert sorted(p.name for p in cache.glob("digits-*-*.pt")) == names
+
+
+def test_awkward_image_files_decode_like_8_bit_ones(tmp_path):
+    """16-bit PNG, GIF (RGB whatever mode is asked), an animated GIF, RGBA, palette, BMP and TIFF (PIL) all come
+    out uint8 with the dataset's channels and the same pixels; a notes file in a class folder is skipped."""
+    import numpy as np
+    from PIL import Image
+
+    from harness.data import _image_folder, decode_file
+
+    g = np.random.default_rng(0)
+    rgb = g.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    d = tmp_path / "train" / "a"
+    d.mkdir(parents=True)
+    Image.fromarray(rgb).save(d / "rgb.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(d / "gray16.png")  # 16-bit: 0..65535
+    Image.fromarray(rgb).save(d / "rgb.bmp")
+    Image.fromarray(rgb).save(d / "rgb.tiff")
+    Image.fromarray(np.dstack([rgb, np.full((12, 10, 1), 255, np.uint8)])).save(d / "rgba.png")
+    frames = [Image.fromarray(gray).convert("P"), Image.fromarray(255 - gray).convert("P")]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
+    (d / "labels.txt").write_text("not an image")
+    for channels in (1, 3):
+        for f in sorted(d.glob("*.*")):
+            if f.suffix == ".txt":
+                continue
+            img = decode_file(f, channels)
+            assert img.dtype == torch.uint8 and tuple(img.shape) == (channels, 12, 10), (f.name, img.shape)
+            if f.name in ("gray16.png", "anim.gif") or channels == 1:  # same gray levels (codec rounding aside)
+                ref = torch.from_numpy(gray.astype(np.int16))
+                assert (img[0].to(torch.int16) - ref).abs().max() <= 2, f.name
+    x, y = _image_folder(tmp_path / "train", hw=None, channels=1)
+    assert tuple(x.shape) == (6, 1, 12, 10) and x.dtype == torch.uint8  # labels.txt left out

@@ -64,8 +64,9 @@ def golden(tmp_path):
     return suite, tmp_path / "runs"
 
 
-CAPTION = ("Test accuracy (best over evaluations), mean ± std over n=2-3 seeds (cells with fewer say so); "
-           "FLOPs: student MACs per image; bold: best data-free result per dataset; profile: paper.")
+CAPTION = ("Test accuracy, the best of each run's evaluations; mean ± std over n=2-3 seeds (cells with fewer say "
+           "so); FLOPs: MACs per image (the student's; the teacher's in its row); bold: best data-free result per "
+           "dataset; profile: paper.")
 MD = f"""**{CAPTION}**
 
 | Method | MNIST FLOPs | MNIST Acc. |
@@ -123,7 +124,7 @@ def test_with_paper_and_final_metric(golden):
     delta = to_latex(build_table([suite], ["mnist"], runs), "delta")
     assert r"DFAD & 134K & \bfseries 0.983 $\pm$ 0.002 & +0.000 \\" in delta
     final = to_markdown(build_table([suite], ["mnist"], runs, metric="final"))
-    assert "(final over evaluations)" in final
+    assert "the last of each run's evaluations" in final
 
 
 def test_ablation_table(tmp_path):
@@ -296,9 +297,10 @@ def test_mixed_classification_and_segmentation_columns_name_their_measures(golde
     t = build_table([suite, camvid], ["mnist", "camvid"], runs)
     md = to_markdown(t)
     assert "| Method | MNIST FLOPs | MNIST Acc. | CamVid FLOPs | CamVid mIoU |" in md
-    assert t.caption.startswith("Test accuracy (mIoU for segmentation) (best over evaluations)")
+    assert t.caption.startswith("Test accuracy (mIoU for segmentation), the best of each run's evaluations")
     seg = build_table([camvid], ["camvid"], runs)
-    assert seg.caption.startswith("mIoU (best") and "| CamVid mIoU |" in to_markdown(seg)
+    assert seg.caption.startswith("mIoU, the best") and "one seed per cell" in seg.caption
+    assert "| CamVid mIoU |" in to_markdown(seg)
 
 
 def test_paper_tables_list_later_methods_only_where_a_suite_has_them(golden):
@@ -336,4 +338,52 @@ def test_ablation_over_a_segmentation_suite_says_miou(tmp_path):
                                             "dfad_mse: {method: dfad, loss: mse}}"])
     put(Store(tmp_path, camvid.name), "dfad_mae", 0, best=0.4)
     t = ablation_table([camvid], tmp_path)
-    assert "| Loss | CamVid mIoU |" in to_markdown(t) and "the loss: mIoU (best" in t.caption
+    assert "| Loss | CamVid mIoU |" in to_markdown(t) and "the loss: mIoU, the best" in t.caption
+
+
+def test_ablation_across_suites_on_one_dataset_and_repeated_losses(golden, tmp_path):
+    """Two suites on MNIST get a column each; a suite with two MAE variants gets a row for each, named; the
+    curves skip nothing silently and --no-plots writes none."""
+    suite, runs = golden
+    path = tmp_path / "ablation-loss.yaml"
+    path.write_text(ABLATION)
+    abl = load_suite(str(path), "paper", ["methods.dfad_wide={method: dfad, loss: mae, ngf: 8}"])
+    store = Store(runs, abl.name)
+    put(store, "dfad_mae", 0, best=0.98), put(store, "dfad_wide", 0, best=0.97), put(store, "dfad_mse", 0, best=0.9)
+    md = to_markdown(ablation_table([suite, abl], runs))
+    assert "| Loss | MNIST (mnist) Acc. | MNIST (ablation-loss) Acc. |" in md
+    assert "| MAE (dfad) | **0.983 ± 0.002** | n/a<sup>a</sup> |" in md
+    assert "| MAE (dfad_mae) | n/a<sup>a</sup> | **0.980 (n=1)** |" in md
+    assert "| MAE (dfad_wide) | n/a<sup>a</sup> | 0.970 (n=1) |" in md and "| MSE | n/a<sup>a</sup> | 0.900 (n=1) |" in md
+    assert_image(plots.ablation([suite, abl], runs, tmp_path / "out"))
+    r = CliRunner().invoke(app, ["report", "mnist", str(path), "--ablation", "--no-plots", "--runs-dir", str(runs)])
+    assert r.exit_code == 0, r.output
+    assert (runs / "report" / "ablation-mnist+ablation-loss.md").is_file()
+    assert not list((runs / "report").glob("*curves*"))
+
+
+def test_variants_sit_with_their_method_whichever_suite_comes_first(golden, tmp_path):
+    suite, runs = golden
+    path = tmp_path / "ablation-loss.yaml"
+    path.write_text(ABLATION)
+    abl = load_suite(str(path), "paper")
+    put(Store(runs, abl.name), "dfad_mse", 0, best=0.9)
+    t = build_table([suite, abl], ["mnist", "mnist"], runs)
+    assert t.groups["dfad_mse"] == "free" and t.rows.index("dfad_mse") < t.rows.index("zskt")
+
+
+def test_curves_do_not_average_seeds_the_table_refuses_to(golden, capsys):
+    import yaml
+
+    from reports.collect import curves
+
+    suite, runs = golden
+    store = Store(runs, "mnist")
+    for seed in (0, 1, 2):
+        cfg = suite.run_config("dfad", seed)
+        if seed == 2:
+            cfg["params"] = {**cfg["params"], "lr_S": 0.05}
+        store.run("dfad", seed).config.write_text(yaml.safe_dump(cfg))
+    assert curves(runs, "mnist", "dfad").empty
+    assert "mnist/dfad not plotted: not averaged: seed 0 and seed 2" in capsys.readouterr().err
+    assert set(curves(runs, "mnist", "kd_ori")["seed"]) == {0, 1, 2}

@@ -12,7 +12,8 @@ from harness.teacher import load_weights
 def test_loads_state_dict_and_wrapped_dicts(tmp_path):
     src = build_model("lenet5")
     for i, obj in enumerate([src.state_dict(), {"state_dict": src.state_dict()},
-                             {"model": {f"module.{k}": v for k, v in src.state_dict().items()}}]):
+                             {"model": {f"module.{k}": v for k, v in src.state_dict().items()}},
+                             {f"_orig_mod.{k}": v for k, v in src.state_dict().items()}]):  # torch.compile's
         path = tmp_path / f"t{i}.pt"
         torch.save(obj, path)
         dst = load_weights(build_model("lenet5"), path)
@@ -31,6 +32,9 @@ class Evil:
     ("pickle", "pickled code"),
     ("arch", "does not fit"),
     ("classes", "has shape"),
+    ("dir", "is a directory, not a checkpoint file"),
+    ("torchscript", "is a TorchScript archive; save the weights instead"),
+    ("prefixed", "10 missing keys (e.g. conv1.bias); 10 unexpected keys (e.g. model.conv1.bias)"),  # Lightning's
 ])
 def test_bad_checkpoints(tmp_path, case, fragment):
     path = tmp_path / "t.pt"
@@ -42,6 +46,12 @@ def test_bad_checkpoints(tmp_path, case, fragment):
         torch.save(build_model("resnet8").state_dict(), path)
     elif case == "classes":
         torch.save(build_model("lenet5", num_classes=100).state_dict(), path)
+    elif case == "dir":
+        path.mkdir()
+    elif case == "torchscript":
+        torch.jit.save(torch.jit.trace(build_model("lenet5").eval(), torch.randn(1, 1, 32, 32)), str(path))
+    elif case == "prefixed":
+        torch.save({f"model.{k}": v for k, v in build_model("lenet5").state_dict().items()}, path)
     with pytest.raises(HarnessError) as e:
         load_weights(build_model("lenet5"), path)
     assert fragment in str(e.value) and "\n" not in str(e.value)
