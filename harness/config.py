@@ -456,7 +456,9 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         known = raw.get("methods") or {}
         if not isinstance(known, dict):
             raise HarnessError(f"{path}: methods must be a mapping of method names (got {known!r})")
-        validate(raw, source)  # every entry, also those --methods leaves out: an override's typo is not ignored
+        # every entry, also those --methods leaves out: an override's typo is not ignored (whether a left-out
+        # method could find its data here is not asked)
+        validate(raw, source, data_sources=False)
         for m in methods:
             if m not in known:
                 METHODS.get(m)
@@ -466,7 +468,7 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     return validate(raw, source)
 
 
-def validate(raw: dict, source: str = "suite") -> Suite:
+def validate(raw: dict, source: str = "suite", data_sources: bool = True) -> Suite:
     import methods  # noqa: F401  (register every method before checking names)
 
     try:
@@ -481,7 +483,7 @@ def validate(raw: dict, source: str = "suite") -> Suite:
             if getattr(params, "data", None) is not None and params.data not in DATASETS:  # KD's data source
                 raise HarnessError(f"methods.{name}.data: {unknown('dataset', params.data, DATASETS.names())}")
             cls = suite.method_class(name)
-            if not cls.data_free and cls.training_data(params, suite.dataset) is None:
+            if data_sources and not cls.data_free and cls.training_data(params, suite.dataset) is None:
                 raise HarnessError(f"methods.{name}: no default data source for dataset {suite.dataset!r}; set "
                                    f"methods.{name}.data to a dataset name")
         check_search(suite)

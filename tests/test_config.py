@@ -126,6 +126,13 @@ def test_channels_last_rejects_other_values():
         load_suite("mnist", "quick", ["runtime.channels_last=sometimes"])
 
 
+def test_a_method_left_out_need_not_find_its_data():
+    """KD-REL has no default source for CamVid: an error when it runs, not when --methods leaves it out."""
+    assert load_suite("mnist", "quick", ["dataset=camvid"], methods=["dfad"]).method_names() == ["dfad"]
+    with pytest.raises(HarnessError, match="methods.kd_rel: no default data source"):
+        load_suite("mnist", "quick", ["dataset=camvid"], methods=["dfad", "kd_rel"])
+
+
 def test_booleans_stay_valid_where_a_setting_is_one():
     s = load_suite("mnist", "quick", ["runtime.compile=true", "runtime.channels_last=off", "runtime.deterministic=false",
                                       "teacher.recipe={schedule: cosine, epochs: 2, milestones: [5]}"])
