@@ -126,7 +126,8 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
            with_paper: bool = typer.Option(True, "--with-paper/--no-paper", help="show the paper's values beside ours"),
            paper_as: str = typer.Option("under", "--paper-as", help="under (a row under ours) | delta (a column)"),
            ablation: bool = typer.Option(False, "--ablation", help="the loss-ablation table of these suites"),
-           plots: bool = typer.Option(True, "--plots/--no-plots", help="figures and report.md (one suite)")):
+           plots: bool = typer.Option(True, "--plots/--no-plots", help="figures in report.md (one suite); "
+                                      "--no-plots: tables and report.md only")):
     """Render stored runs: tables (md, tex, csv, html), figures and report.md. Never trains."""
     from reports.build import multi_table, suite_report, write_multi
     from reports.table import PAPER_TABLES, render
@@ -142,13 +143,7 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
     loaded = [_report_suite(n, runs_dir, profile, optional=bool(paper_table)) for n in names]
     paper = paper_as if with_paper else None
     if len(loaded) == 1 and not paper_table:
-        s = loaded[0]
-        if plots:
-            typer.echo(f"wrote {suite_report(s, runs_dir, metric, paper)}", err=True)
-        else:
-            from reports.table import write_report
-
-            write_report(s, runs_dir, metric, paper)
+        typer.echo(f"wrote {suite_report(loaded[0], runs_dir, metric, paper, figures_too=plots)}", err=True)
     t = multi_table(loaded, [s.dataset if s else n for s, n in zip(loaded, names)], runs_dir, metric,
                     paper_rows=bool(paper_table), ablation=ablation)
     if len(loaded) > 1 or paper_table or ablation:
@@ -168,9 +163,13 @@ def _report_suite(name: str, runs_dir: Path, profile: str | None, optional: bool
 
     if optional and not (BENCHMARKS_DIR / f"{name}.yaml").is_file():
         return None
+    stored = _stored_profile(name, runs_dir)
+    if profile and stored and profile != stored:
+        typer.echo(f"warning: {name}'s runs under {runs_dir} were made with profile {stored}, not {profile}; "
+                   f"the report's titles name {profile}, its cells each run's own", err=True)
     token = FOLDERS_OPTIONAL.set(True)  # a report reads the run store, not the suite's own data
     try:
-        s = _load(name, profile or _stored_profile(name, runs_dir), [], announce=False)
+        s = _load(name, profile or stored, [], announce=False)
     finally:
         FOLDERS_OPTIONAL.reset(token)
     if not (runs_dir / s.name).is_dir():

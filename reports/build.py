@@ -13,14 +13,16 @@ from .markdown import report_md
 from .table import Table, build_table, write_report, write_tables
 
 
-def suite_report(suite: Suite, runs_dir, metric: str = "best", with_paper: str | None = None) -> Path:
-    """Everything for one suite under <runs-dir>/<suite>/report/; returns report.md's path."""
+def suite_report(suite: Suite, runs_dir, metric: str = "best", with_paper: str | None = None,
+                 figures_too: bool = True) -> Path:
+    """Everything for one suite under <runs-dir>/<suite>/report/; returns report.md's path. figures_too=False:
+    tables and a report.md without figures (those already there are left as they are, and not linked)."""
     out, _ = write_report(suite, runs_dir, metric, with_paper)
     figures = []
     what = metric_name(suite.dataset).replace("test", "Test")
     for cap, fn in ((f"{what} during training", plots.accuracy),
                     (f"{what} against wall time", plots.accuracy_time), ("DFAD losses", plots.losses),
-                    ("Generated samples (final generators)", plots.samples)):
+                    ("Generated samples (final generators)", plots.samples)) if figures_too else ():
         png = fn(suite, runs_dir, out)
         if png:
             figures.append((cap, png.name))
@@ -29,7 +31,7 @@ def suite_report(suite: Suite, runs_dir, metric: str = "best", with_paper: str |
         t = ablation_table([suite], runs_dir, metric)
         write_tables(t, out, "ablation")
         extra = ["## Loss ablation", "", (out / "ablation.md").read_text()]
-        png = plots.ablation([suite], runs_dir, out)
+        png = plots.ablation([suite], runs_dir, out) if figures_too else None
         if png:
             figures.append((f"Loss ablation: {metric_name(suite.dataset)} per discrepancy", png.name))
     md = report_md(f"{suite.name} ({suite.profile} profile)", (out / "table.md").read_text(), figures, extra)

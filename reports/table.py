@@ -107,9 +107,12 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
 
 
 def teacher_flops(suite: Suite, summary: dict) -> str:
-    """The teacher's MACs: recorded, else counted on a freshly built (untrained) copy."""
+    """The teacher's MACs: recorded, else counted on a freshly built (untrained) copy of the teacher it records;
+    none for a suite without a teacher yet (the loaded profile's models need not be those its runs will use)."""
     if summary.get("macs"):
         return human_macs(float(summary["macs"]))
+    if not summary:
+        return ""
     try:
         from harness.data import get_dataset
         from harness.models import count_macs

@@ -167,6 +167,10 @@ def test_plots_and_report_md(golden):
         assert f"({name}.png)" in report.read_text()
     assert {"table.md", "table.tex", "table.csv", "table.html", "table-standalone.tex"} <= {
         p.name for p in out.iterdir()}
+    # --no-plots: report.md is rewritten with the new table, and links no figures it did not draw
+    put(Store(runs, "mnist"), "dafl", 0, best=0.5)
+    text = suite_report(suite, runs, figures_too=False).read_text()
+    assert "| DAFL | 134K | 0.500 (n=1) |" in text and ".png)" not in text
 
 
 def test_plots_cover_every_stored_method(golden):
