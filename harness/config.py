@@ -483,7 +483,8 @@ def validate(raw: dict, source: str = "suite", data_sources: bool = True) -> Sui
             if getattr(params, "data", None) is not None and params.data not in DATASETS:  # KD's data source
                 raise HarnessError(f"methods.{name}.data: {unknown('dataset', params.data, DATASETS.names())}")
             cls = suite.method_class(name)
-            if data_sources and not cls.data_free and cls.training_data(params, suite.dataset) is None:
+            if (data_sources and not reading_stored_runs() and not cls.data_free
+                    and cls.training_data(params, suite.dataset) is None):
                 raise HarnessError(f"methods.{name}: no default data source for dataset {suite.dataset!r}; set "
                                    f"methods.{name}.data to a dataset name")
         check_search(suite)
@@ -493,6 +494,13 @@ def validate(raw: dict, source: str = "suite", data_sources: bool = True) -> Sui
     except HarnessError as e:
         msg = str(e)
         raise HarnessError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def reading_stored_runs() -> bool:
+    """True while a report loads a suite: it reads the run store, so what a run would need is not asked."""
+    from .data import FOLDERS_OPTIONAL
+
+    return FOLDERS_OPTIONAL.get()
 
 
 def check_search(suite: Suite) -> None:

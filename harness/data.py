@@ -9,6 +9,7 @@ import contextvars
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -175,14 +176,19 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
     extra = sorted(set(found) - set(classes))
     if extra:
         raise HarnessError(f"{root}: class folder(s) {', '.join(extra[:3])} not in the training classes")
-    xs, ys = [], []
+    xs, ys, skipped = [], [], []
     for label, c in enumerate(classes):
         for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
             if not _is_image_file(f):
+                if f.is_file() and not f.name.startswith(".") and f.name.lower() not in ("thumbs.db", "desktop.ini"):
+                    skipped.append(f)
                 continue
             img = decode_file(f, channels)
             xs.append(img if hw is None or tuple(img.shape[-2:]) == hw else resize(img[None], hw)[0])
             ys.append(label)
+    if skipped:  # said, so that images under a name the list lacks are not lost unnoticed
+        print(f"note: {root}: {len(skipped)} file(s) not named as images skipped (e.g. {skipped[0].name}; "
+              f"read: {', '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
     if not xs:
         raise MissingDataError(f"no images under {root}/<class>/")
     if hw is None and len({tuple(x.shape) for x in xs}) > 1:
@@ -191,8 +197,23 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
-# what torchvision's ImageFolder reads; other files in a class folder (notes, label lists) are skipped
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# what torchvision's ImageFolder reads (and JPEG's other names); other files in a class folder are skipped
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
+                  ".webp", ".gif")
+
+
+def _pil_uint8(im) -> torch.Tensor:
+    """A 16-bit, 32-bit integer or float PIL image (TIFF) as 1 x H x W uint8, scaled: PIL's own convert("L")
+    clips at 255 instead. 16-bit ranges map 0..65535 to 0..255, floats 0..1 (or their own maximum)."""
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.float64)
+    top = a.max() if a.size else 1.0
+    if im.mode == "F":
+        scale = 1.0 if top <= 1 else top
+    else:
+        scale = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+    return torch.from_numpy(np.clip(np.round(a / scale * 255), 0, 255).astype(np.uint8))[None]
 
 
 def _is_image_file(f: Path) -> bool:
@@ -212,10 +233,13 @@ def decode_file(f: Path, channels: int) -> torch.Tensor:
         try:
             from PIL import Image
 
-            with Image.open(f) as im:
-                img = TF.pil_to_tensor(im.convert("L" if channels == 1 else "RGB"))  # the first frame
-        except Exception:
-            raise HarnessError(f"{f}: not an image torchvision or PIL can decode") from None
+            with Image.open(f) as im:  # the first frame
+                img = _pil_uint8(im) if im.mode.startswith("I") or im.mode == "F" else TF.pil_to_tensor(
+                    im.convert("L" if channels == 1 else "RGB"))
+        except Exception as e:
+            why = "too large (PIL's decompression-bomb limit)" if "decompression bomb" in str(e).lower() else \
+                "not an image torchvision or PIL can decode"
+            raise HarnessError(f"{f}: {why}") from None
     if img.dim() == 4:  # an animated GIF: its first frame
         img = img[0]
     if img.dtype != torch.uint8:  # 16-bit PNGs: 0..65535 -> 0..255, as 8-bit images are stored
@@ -459,7 +483,7 @@ class LoaderBatches:
             self.loader = DataLoader(dataset, batch_size=min(batch_size, n or batch_size), shuffle=shuffle,
                                      drop_last=True, generator=g, num_workers=workers,
                                      pin_memory=torch.device(device).type == "cuda",
-                                     collate_fn=collate_pairs)  # PIL images as ToTensor makes them, as for test sets
+                                     collate_fn=checked_collate)  # PIL images as ToTensor makes them, as for test sets
         self.device = device
         self._it = iter(self.loader)
 
@@ -468,26 +492,17 @@ class LoaderBatches:
 
     def __next__(self):
         try:
-            x, y = self._next()
+            x, y = next(self._it)
         except StopIteration:
             self._it = iter(self.loader)
             try:
-                x, y = self._next()
+                x, y = next(self._it)
             except StopIteration:
                 raise HarnessError("train_set gives no batches") from None
         if isinstance(y, torch.Tensor):  # labels as they come (KD reads only the teacher), a label column squeezed
             y = y.to(self.device, non_blocking=True)
             y = y[:, 0] if y.dim() == 2 and y.shape[1] == 1 else y
         return float_images(x.to(self.device, non_blocking=True)), y
-
-    def _next(self):
-        """The next batch; a sample that cannot join it (another image size or mode than the first's, which
-        check_train_set read) is a one-line error, not a collate traceback mid-training."""
-        try:
-            return next(self._it)
-        except (RuntimeError, TypeError, ValueError) as e:
-            raise HarnessError(f"train_set: a batch could not be formed ({type(e).__name__}: {first_line(e)[:160]}); "
-                               f"every image must have the same shape, as the first one read") from None
 
     def state_dict(self):
         return {}
@@ -533,6 +548,16 @@ def class_labels(y: torch.Tensor, what: str = "test_set") -> torch.Tensor:
         raise HarnessError(f"{what}: labels must be class indices, one per image (or (H, W) label maps), "
                            f"got shape {tuple(y.shape[1:])} per image{hint}")
     return y.long()
+
+
+def checked_collate(batch):
+    """collate_pairs for training batches: samples that cannot join one batch (another image size or mode than
+    the first's, which check_train_set read) are a one-line error, not a collate traceback mid-training."""
+    try:
+        return collate_pairs(batch)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise HarnessError(f"train_set: a batch could not be formed ({type(e).__name__}: {first_line(e)[:160]}); "
+                           f"every image must have the same shape, as the first one read") from None
 
 
 def collate_pairs(batch):

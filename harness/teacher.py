@@ -59,7 +59,7 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkp
     try:
         with warnings.catch_warnings():  # torch's own warnings about the file; the error below says what is wrong
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = _read(path, mmap=not load)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Weights only" in str(e):
             raise HarnessError(f"{what} {path} carries pickled code or objects, refused "
@@ -93,6 +93,14 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkp
     if load:
         model.load_state_dict(obj)
     return model
+
+
+def _read(path: Path, mmap: bool):
+    """torch.load, weights only; mmap=True (a check that loads nothing) maps a zip-format file instead of reading
+    it whole, and reads a legacy-format one, which cannot be mapped, as usual."""
+    if mmap and zipfile.is_zipfile(path):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def is_torchscript(path: Path) -> bool:

@@ -167,6 +167,18 @@ def test_labels_and_shapes_that_would_broadcast_are_refused_before_training():
         with pytest.raises(HarnessError) as e:
             harness.distill(**kw)
         assert fragment in str(e.value) and "\n" not in str(e.value), (fragment, str(e.value))
+    class Buggy(torch.utils.data.Dataset):  # the user's own bug is theirs: raised as it is, not a data diagnosis
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            if i >= 8:
+                raise TypeError("unsupported operand in my transform")
+            return torch.randn(2, 20, 24), 0
+
+    with pytest.raises(TypeError, match="unsupported operand in my transform"):
+        harness.distill(TinyNet(), TinyNet(), method="kd_ori", test_set=_data(), train_set=Buggy(), iterations=2,
+                        batch_size=16)
     same = TinyNet()
     with pytest.raises(HarnessError, match="the same module"):
         harness.distill(same, same, test_set=_data(), iterations=2)
