@@ -61,15 +61,22 @@ def guarded(fn):
         except HarnessError as e:
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
-            typer.echo("interrupted: finished runs and checkpoints are kept; rerun to resume", err=True)
+            again = ("rerun without --force to resume (with --force every run is redone)" if kw.get("force")
+                     else "rerun to resume")
+            typer.echo(f"interrupted: finished runs and checkpoints are kept; {again}", err=True)
             raise typer.Exit(130)
         except OSError as e:
+            import errno
+
             from .store import STORAGE_ERRNOS
 
             if e.errno not in STORAGE_ERRNOS:
                 raise
-            fail(f"cannot write {e.filename or 'a file'} ({e.strerror}); finished runs and the last good "
-                 f"checkpoints are kept: free space and rerun to resume")
+            where = Path(e.filename).parent if e.filename else "a file"  # not the temporary file's own name
+            fix = ("make it writable or choose another --runs-dir" if e.errno == errno.EROFS
+                   else "free space and rerun to resume")
+            fail(f"cannot write under {where} ({e.strerror}); finished runs and the last good checkpoints are "
+                 f"kept: {fix}")
 
     return wrapper
 
@@ -142,15 +149,23 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
     names = PAPER_TABLES[paper_table] if paper_table else list(suites)
     loaded = [_report_suite(n, runs_dir, profile, optional=bool(paper_table)) for n in names]
     paper = paper_as if with_paper else None
-    if len(loaded) == 1 and not paper_table:
-        typer.echo(f"wrote {suite_report(loaded[0], runs_dir, metric, paper, figures_too=plots)}", err=True)
     t = multi_table(loaded, [s.dataset if s else n for s, n in zip(loaded, names)], runs_dir, metric,
                     paper_rows=bool(paper_table), ablation=ablation)
-    if len(loaded) > 1 or paper_table or ablation:
-        stem = (f"paper-table-{paper_table}" if paper_table else
-                ("ablation-" if ablation else "table-") + "+".join(s.name for s in loaded if s))
-        out = write_multi(t, runs_dir, stem, paper, [s for s in loaded if s], ablation and plots)
-        typer.echo(f"wrote {out}/{stem}.{{md,tex,csv,html}} and {stem}-standalone.tex", err=True)
+    try:  # a store that cannot be written (read-only, an archive) still prints its table
+        if len(loaded) == 1 and not paper_table:
+            typer.echo(f"wrote {suite_report(loaded[0], runs_dir, metric, paper, figures_too=plots)}", err=True)
+        if len(loaded) > 1 or paper_table or ablation:
+            stem = (f"paper-table-{paper_table}" if paper_table else
+                    ("ablation-" if ablation else "table-") + "+".join(s.name for s in loaded if s))
+            out = write_multi(t, runs_dir, stem, paper, [s for s in loaded if s], ablation and plots)
+            typer.echo(f"wrote {out}/{stem}.{{md,tex,csv,html}} and {stem}-standalone.tex", err=True)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+            raise
+        typer.echo(f"warning: no report files written under {runs_dir} ({e.strerror}); the table is printed only",
+                   err=True)
     typer.echo(render(t, fmt, paper))
 
 

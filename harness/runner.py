@@ -66,21 +66,28 @@ def check_finished_runs(suite: Suite, store: Store, force: bool) -> None:
     if force:
         return
     for method, seed in planned_runs(suite):
-        rd = store.run(method, seed)
-        s = rd.summary()
-        if not (s and s.get("status") == "done"):
-            continue
-        stored = read_yaml_or_none(rd.config)
-        current = suite.run_config(method, seed)
-        if stored is not None and _precision(stored) != _precision(current):
-            raise HarnessError(
-                f"{rd.path} finished with runtime.precision={_precision(stored)}, not {_precision(current)}; "
+        if why := finished_elsewise(suite, store.run(method, seed), method, seed):
+            raise HarnessError(why)
+
+
+def finished_elsewise(suite: Suite, rd: RunDir, method: str, seed: int) -> str | None:
+    """Why a finished run cannot stand for this config (its config differs, or cannot be read), or None."""
+    s = rd.summary()
+    if not (s and s.get("status") == "done"):
+        return None
+    stored = read_yaml_or_none(rd.config)
+    current = suite.run_config(method, seed)
+    if stored is None:
+        state = "is missing" if not rd.config.exists() else "cannot be read"
+        return (f"{rd.path} finished, but its config.yaml {state}, so it cannot be matched to this config; "
+                f"restore the file, or pass --force to redo the run (--runs-dir to keep both)")
+    if _precision(stored) != _precision(current):
+        return (f"{rd.path} finished with runtime.precision={_precision(stored)}, not {_precision(current)}; "
                 f"pass --force to redo it or --runs-dir to keep both")
-        if stored is None or (key := run_difference(stored, current)):
-            what = f"{key} differs, " if stored else ""
-            raise HarnessError(
-                f"{rd.path} finished with a different config ({what}profile {s.get('profile')!r}, "
+    if key := run_difference(stored, current):
+        return (f"{rd.path} finished with a different config ({key} differs, profile {s.get('profile')!r}, "
                 f"{s.get('iterations')} iterations); pass --force to redo it or --runs-dir to keep both")
+    return None
 
 
 def other_seed_conflicts(suite: Suite, store: Store) -> list[str]:
@@ -260,6 +267,8 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         base["fused_upsample"] = any(getattr(mod, "fused_upsample", False) for mod in m.modules.values())
         resume = load_resume_state(rd, fp, progress.log, cfg, previous_cfg)
         rows = list(resume["history"]) if resume else []
+        if rows:  # the evaluations so far, also where metrics.csv was lost and no evaluation is left to run
+            rd.write_metrics(rows)
         if resume:  # offline W&B cannot resume a run: a new W&B run continues it, and names the earlier ones
             earlier = rd.summary() or {}
             ids = [*earlier.get("wandb_resumed_from", []), *filter(None, [earlier.get("wandb_id")])]
@@ -385,10 +394,24 @@ def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks
         progress.log(f"  {method} seed {seed}: cannot run here ({s.get('reason')}), skipped")
         return
     if s and s.get("status") == "done" and (not force or s.get("forced_by") == _invocation):
-        outcome.skipped.append((method, seed))
-        progress.done += 1
-        progress.log(f"  {method} seed {seed}: already done (best {s['best_acc']:.4f}), skipped")
-        return
+        if why := finished_elsewise(suite, rd, method, seed):  # finished meanwhile by another process
+            entry = (method, seed, f"finished meanwhile by another process: {why}")
+            outcome.failed.append(entry), outcome.crashed.append(entry)
+            progress.done += 1
+            progress.log(f"  {method} seed {seed}: {entry[2]}")
+            return
+        missing = rd.incomplete()
+        if missing and rd.checkpoint.is_file():
+            progress.log(f"  {method} seed {seed}: finished, but {missing}; rebuilding it from the run's checkpoint")
+        else:
+            outcome.skipped.append((method, seed))
+            progress.done += 1
+            if missing:  # not trained again for a lost file: the user may have deleted it on purpose
+                progress.log(f"  {method} seed {seed}: finished, but {missing} and there is no checkpoint to "
+                             f"rebuild it from; kept as it is (--force redoes it)")
+            else:
+                progress.log(f"  {method} seed {seed}: already done (best {s['best_acc']:.4f}), skipped")
+            return
     if force and rd.checkpoint.exists():
         rd.checkpoint.unlink()
     summary = execute_run(suite, method, seed, rd, teacher, test, device, progress, callbacks)

@@ -104,6 +104,23 @@ class RunDir:
         s = self.summary()
         return bool(s) and s.get("status") == "done"
 
+    def incomplete(self) -> str | None:
+        """What a finished run lacks (a number in summary.json, student.pt, metrics.csv with its evaluations),
+        or None."""
+        s = self.summary() or {}
+        if not all(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
+                   for k in ("best_acc", "final_acc")):
+            return "its summary.json has no best_acc/final_acc"
+        if not self.student.is_file():
+            return "its student.pt is missing"
+        try:
+            with open(self.metrics) as f:
+                if sum(1 for line in f if line.strip()) < 2:
+                    return "its metrics.csv has no evaluations"
+        except OSError:
+            return "its metrics.csv is missing"
+        return None
+
     def write_config(self, cfg: dict) -> None:
         atomic_write(self.config, yaml.safe_dump(cfg, sort_keys=False))
 

@@ -247,6 +247,9 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
     cache = Path(runs_dir) / "teachers" / f"{suite.dataset}-{suite.teacher.model.name}-{config_hash(key, ignore=())}"
     weights, meta_path = cache / "teacher.pt", cache / "summary.json"
     meta = read_json(meta_path)
+    if meta and not isinstance(meta.get("test_acc"), (int, float)):
+        log(f"warning: {meta_path} has no test_acc; training the teacher again")
+        meta = None
     if meta and weights.is_file():
         try:
             load_weights(model, weights, "cached teacher")

@@ -97,7 +97,7 @@ def curves(runs_dir: str | Path, suite_name: str, method: str) -> pd.DataFrame:
     mixed = mixed_configs(pd.DataFrame([{"seed": rd.seed, "config": read_yaml_or_none(rd.config)} for rd in done]))\
         if len(done) > 1 else None
     if mixed:
-        print(f"warning: {suite_name}/{method} not plotted: {mixed}", file=sys.stderr)
+        warn_once(f"warning: {suite_name}/{method} not plotted: {mixed}")
         return pd.DataFrame()
     frames = []
     for rd in done:
@@ -108,11 +108,20 @@ def curves(runs_dir: str | Path, suite_name: str, method: str) -> pd.DataFrame:
                     if col in METRIC_FIELDS or col.startswith(("loss", "lr")):
                         df[col] = pd.to_numeric(df[col], errors="raise")
             except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-                print(f"warning: {rd.metrics} unreadable, left out of the curves ({first_line(e)[:120]})",
-                      file=sys.stderr)
+                warn_once(f"warning: {rd.metrics} unreadable, left out of the curves ({first_line(e)[:120]})")
                 continue
             frames.append(df.assign(seed=rd.seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+_warned: set[str] = set()
+
+
+def warn_once(msg: str) -> None:
+    """A warning about the store, once per process (the figures read the same runs several times)."""
+    if msg not in _warned:
+        _warned.add(msg)
+        print(msg, file=sys.stderr)
 
 
 def done_runs(runs_dir: str | Path, suite_name: str, method: str) -> list[RunDir]:

@@ -16,7 +16,9 @@ import pandas as pd  # noqa: E402
 
 from harness.config import Suite, method_of  # noqa: E402
 
-from .collect import curves, done_runs, label, metric_name, teacher_summary  # noqa: E402
+from harness.errors import first_line  # noqa: E402
+
+from .collect import curves, done_runs, label, metric_name, teacher_summary, warn_once  # noqa: E402
 
 
 def save(fig, out_dir: Path, name: str) -> Path:
@@ -127,15 +129,19 @@ def generator_grid(rd, dataset: str, n: int):
 
     if not rd.checkpoint.is_file() or not rd.config.is_file():
         return None
-    state = torch.load(rd.checkpoint, map_location="cpu", weights_only=True)
-    gen_state = state.get("method", {}).get("modules", {}).get("generator")
-    if gen_state is None:  # not a generator-based method
+    try:  # a damaged checkpoint or config costs its grid, with a warning, not the report
+        state = torch.load(rd.checkpoint, map_location="cpu", weights_only=True)
+        gen_state = state.get("method", {}).get("modules", {}).get("generator")
+        if gen_state is None:  # not a generator-based method
+            return None
+        cfg = yaml.safe_load(rd.config.read_text())
+        p = cfg["params"]
+        spec = get_dataset(dataset)
+        G = build_model(p.get("generator", "generator_a"), nz=p["nz"], ngf=p["ngf"], input_shape=spec.input_shape)
+        G.load_state_dict(gen_state)
+    except Exception as e:
+        warn_once(f"warning: no sample grid from {rd.path} ({type(e).__name__}: {first_line(e)[:120]})")
         return None
-    cfg = yaml.safe_load(rd.config.read_text())
-    p = cfg["params"]
-    spec = get_dataset(dataset)
-    G = build_model(p.get("generator", "generator_a"), nz=p["nz"], ngf=p["ngf"], input_shape=spec.input_shape)
-    G.load_state_dict(gen_state)
     # running BN statistics, as the method's own sample() does; RANDOM's generator is never trained and normalises
     # each batch by its own statistics (its running ones stay as initialised): its images are drawn that way
     G.train(cfg.get("method_class", cfg.get("method")) == "random")

@@ -90,10 +90,12 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
     for r in rows:
         if r == "teacher":
             t = teacher_summary(runs_dir, suite.name)
-            cell = Cell(t["test_acc"], 0.0, 1, "ok") if "test_acc" in t else Cell(note="no teacher trained")
+            acc = t.get("test_acc")
+            cell = (Cell(float(acc), 0.0, 1, "ok") if isinstance(acc, (int, float)) and not isinstance(acc, bool)
+                    else Cell(note="no teacher trained" if not t else "the teacher's summary.json has no test_acc"))
             used = pd.to_numeric(runs[runs["status"] == "done"]["teacher_acc"], errors="coerce").dropna()
             # 0.001: a checkpoint's accuracy is measured again by every process, which may round differently
-            if cell.status == "ok" and (others := {round(a, 3) for a in used if abs(a - float(t["test_acc"])) > 1e-3}):
+            if cell.status == "ok" and (others := {round(a, 3) for a in used if abs(a - cell.mean) > 1e-3}):
                 cell.note = (f"the suite's last teacher; runs in this table were distilled from another "
                              f"(test acc {', '.join(f'{a:.3f}' for a in sorted(others))})")
             cell.flops = teacher_flops(suite, t)

@@ -184,3 +184,61 @@ def test_store_files_follow_the_umask_and_odd_summaries_read_as_none(tmp_path):
     assert read_json(tmp_path / "a.json") is None  # valid JSON, but not the object a summary is
     (tmp_path / "b.json").write_bytes(b"\xff\xfe")
     assert read_json(tmp_path / "b.json") is None
+
+
+def test_a_damaged_store_is_repaired_or_named(runs):
+    """Files a finished run lost are rebuilt from its checkpoint (nothing trained again); a summary without its
+    numbers likewise; a lost config.yaml is named, not called a different config; a teacher record without its
+    accuracy is retrained, not a KeyError; a report of all that prints tables."""
+    from typer.testing import CliRunner
+
+    from conftest import SMOKE_TEACHER
+    from harness.cli import app
+
+    args = ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--runs-dir", str(runs), "--no-report",
+            *SMOKE_TEACHER, "tracking.wandb.mode=disabled", "budget.iterations=10", "budget.eval_every=5"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rd = runs / "mnist" / "dfad" / "seed-0"
+    summary, metrics, student = (json.loads((rd / "summary.json").read_text()), (rd / "metrics.csv").read_text(),
+                                 (rd / "student.pt").read_bytes())
+    (rd / "student.pt").unlink(), (rd / "metrics.csv").unlink()
+    (rd / "summary.json").write_text(json.dumps({**summary, "best_acc": "lots"}))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert ("finished, but its summary.json has no best_acc/final_acc; rebuilding it from the run's checkpoint"
+            in again.output)
+    repaired = json.loads((rd / "summary.json").read_text())
+    assert repaired["best_acc"] == summary["best_acc"] and (rd / "metrics.csv").read_text() == metrics
+    (rd / "s.pt").write_bytes(student)
+    a, b = (torch.load(p, weights_only=True) for p in (rd / "student.pt", rd / "s.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (rd / "s.pt").unlink()
+    assert "already done" in CliRunner().invoke(app, args).output  # and now it is whole
+    (rd / "config.yaml").unlink()
+    lost = CliRunner().invoke(app, args)
+    assert lost.exit_code == 2 and "its config.yaml is missing" in lost.output, lost.output
+    for teacher in (runs / "teachers").glob("*/summary.json"):
+        teacher.write_text(json.dumps({k: v for k, v in json.loads(teacher.read_text()).items() if k != "test_acc"}))
+    (runs / "mnist" / "teacher" / "summary.json").write_text(json.dumps({"test_acc": None}))
+    report = CliRunner().invoke(app, ["report", "mnist", "--runs-dir", str(runs), "--no-plots"])
+    assert report.exit_code == 0 and "the teacher's summary.json has no test_acc" in report.output, report.output
+
+
+def test_a_run_finished_meanwhile_with_another_config_is_not_taken_as_done(runs, monkeypatch):
+    """Between the startup check and its turn, another process (other overrides, same runs dir) finished a run:
+    it is not skipped as "already done" under this config, and the command says so and exits 1."""
+    from typer.testing import CliRunner
+
+    import harness.runner
+    from conftest import SMOKE_TEACHER
+    from harness.cli import app
+
+    args = ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--runs-dir", str(runs), "--no-report",
+            *SMOKE_TEACHER, "tracking.wandb.mode=disabled", "budget.iterations=10", "budget.eval_every=5"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    monkeypatch.setattr(harness.runner, "check_finished_runs", lambda *a: None)  # as if it ran before the other
+    other = CliRunner().invoke(app, [*args, "methods.dfad.lr_S=0.2"])
+    assert other.exit_code == 1, other.output
+    assert "dfad seed 0: finished meanwhile by another process:" in other.output
+    assert "params.lr_S differs" in other.output and "already done" not in other.output
