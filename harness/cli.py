@@ -1,7 +1,9 @@
 """`dfad-bench`: run, report, ls, validate and teacher, a thin layer over harness.runner and reports."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -51,11 +53,25 @@ def _load(suite, profile, overrides, methods=None, seeds=None, params=None, anno
     return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params)
 
 
+def _term_as_interrupt():
+    """SIGTERM (kill, a scheduler) outside a run's loop, e.g. while a teacher trains, stops like Ctrl-C: the
+    message and exit 130, not a silent 143 (the loop has its own handler, which checkpoints first). Returns the
+    handler it replaced, None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def guarded(fn):
     import functools
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
+        previous = _term_as_interrupt()
         try:
             return fn(*a, **kw)
         except HarnessError as e:
@@ -77,6 +93,9 @@ def guarded(fn):
                    else "free space and rerun to resume")
             fail(f"cannot write under {where} ({e.strerror}); finished runs and the last good checkpoints are "
                  f"kept: {fix}")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

@@ -242,3 +242,20 @@ def test_a_run_finished_meanwhile_with_another_config_is_not_taken_as_done(runs,
     assert other.exit_code == 1, other.output
     assert "dfad seed 0: finished meanwhile by another process:" in other.output
     assert "params.lr_S differs" in other.output and "already done" not in other.output
+
+
+def test_sigterm_while_the_teacher_trains_stops_like_ctrl_c(tmp_path, mnist_data):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "DFAD_DATA": str(mnist_data), "WANDB_MODE": "disabled"}
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "mnist", "--profile", "smoke", "--methods", "dfad",
+                          "--runs-dir", str(tmp_path), "--no-report", "teacher.recipe.epochs=50"],
+                         cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    while "teacher: training" not in seen:
+        line = p.stdout.readline()
+        assert line or p.poll() is None, seen
+        seen += line
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    out = seen + p.communicate(timeout=120)[0]
+    assert p.returncode == 130, out
+    assert "interrupted: finished runs and checkpoints are kept; rerun to resume" in out
