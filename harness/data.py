@@ -523,6 +523,8 @@ def materialize(dataset, batch_size: int = 512, what: str = "test_set") -> Image
         for x, y in batches:
             xs.append(float_images(torch.as_tensor(x)))
             ys.append(torch.as_tensor(y))
+        if not xs:
+            raise HarnessError(f"{what} is empty")
         x, y = torch.cat(xs), torch.cat(ys)
     except HarnessError:
         raise
@@ -561,15 +563,21 @@ def checked_collate(batch):
 
 
 def collate_pairs(batch):
-    """DataLoader's collate for materialize: PIL images become tensors in [0, 1]."""
-    xs = []
-    for x, _ in batch:
+    """DataLoader's collate for materialize: PIL images become tensors in [0, 1]. A sample is (image, label),
+    and may carry more after them (an index, a path), which is left out."""
+    if batch and isinstance(batch[0], dict):
+        raise HarnessError(f"samples are dicts (keys {', '.join(map(str, list(batch[0])[:4]))}); give a Dataset "
+                           f"whose items are (image, label) pairs")
+    xs, ys = [], []
+    for sample in batch:
+        x, y = sample[:2] if isinstance(sample, (tuple, list)) and len(sample) > 2 else sample
         if hasattr(x, "getbands"):  # a PIL image
             from torchvision.transforms.functional import pil_to_tensor
 
             x = pil_to_tensor(x).float().div_(255)
         xs.append(x)
-    return default_collate(xs), default_collate([y for _, y in batch])
+        ys.append(y)
+    return default_collate(xs), default_collate(ys)
 
 
 from . import segdata  # noqa: E402,F401  (CamVid, NYUv2, Caltech101 register themselves)

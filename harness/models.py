@@ -188,12 +188,15 @@ def check_fits(model: nn.Module, what: str, input_shape, num_classes: int | None
     `input_shape` and give (2, num_classes, ...), any number of classes when None. Returns the output's shape
     per sample, (classes, ...); otherwise a one-line HarnessError naming `what` is wrong."""
     was_training = model.training
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    first = next(iter(model.parameters()), torch.empty(0))
     try:
-        out = model.eval()(torch.zeros(2, *input_shape, device=device))
+        out = model.eval()(torch.zeros(2, *input_shape, device=first.device))
     except Exception as e:
+        # half-precision weights fail on float32 input: the run autocasts, but weights must be float32
+        hint = (f" (its weights are {str(first.dtype).replace('torch.', '')}: pass it as float32, e.g. model.float())"
+                if first.dtype in (torch.float16, torch.bfloat16) else "")
         raise HarnessError(f"{what} cannot take {data} {tuple(input_shape)}: {type(e).__name__}: "
-                           f"{first_line(e)}") from None
+                           f"{first_line(e)}{hint}") from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[1] != (num_classes or out.shape[1]):

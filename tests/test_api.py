@@ -179,9 +179,42 @@ def test_labels_and_shapes_that_would_broadcast_are_refused_before_training():
     with pytest.raises(TypeError, match="unsupported operand in my transform"):
         harness.distill(TinyNet(), TinyNet(), method="kd_ori", test_set=_data(), train_set=Buggy(), iterations=2,
                         batch_size=16)
+    with pytest.raises(HarnessError, match="its weights are float16: pass it as float32, e.g. model.float()"):
+        harness.distill(TinyNet().half(), TinyNet(), test_set=_data(), iterations=2)
+    empty = TensorDataset(torch.zeros(0, 2, 20, 24), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(HarnessError, match="^test_set is empty$"):
+        harness.distill(TinyNet(), TinyNet(), test_set=empty, iterations=2)
+
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(2, 20, 24), "label": 0}
+
+    with pytest.raises(HarnessError, match="samples are dicts .keys image, label.; give a Dataset whose items are"):
+        harness.distill(TinyNet(), TinyNet(), test_set=Dicts(), iterations=2)
     same = TinyNet()
     with pytest.raises(HarnessError, match="the same module"):
         harness.distill(same, same, test_set=_data(), iterations=2)
+
+
+def test_samples_may_carry_more_than_image_and_label():
+    """(image, label, index) samples, as many datasets give: the extras are left out."""
+    from harness.data import materialize
+
+    class WithIndex(torch.utils.data.Dataset):
+        def __init__(self):
+            self.base = _data(10)
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            return (*self.base[i], i, f"img{i}.png")
+
+    got, want = materialize(WithIndex()), materialize(_data(10))
+    assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
 
 
 def test_user_train_sets_of_any_size_or_as_a_dataloader():
