@@ -187,7 +187,8 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
 def caption(t: Table, profiles: list[str], metric: str) -> str:
     """profiles: those of the stored runs (a paper table's columns without runs have none to name)."""
     ns = t.seed_counts()
-    spread = ("no finished runs" if not ns else "one seed per cell (no spread shown)" if ns == [1]
+    spread = ("no cell has finished runs to show (see the notes)" if not ns
+              else "one seed per cell (no spread shown)" if ns == [1]
               else f"mean ± std over n={ns[0]} seeds" if len(ns) == 1
               else f"mean ± std over n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
     measured = {t.value(c) for c in t.columns} or {t.value_name}
