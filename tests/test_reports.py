@@ -391,3 +391,10 @@ def test_curves_do_not_average_seeds_the_table_refuses_to(golden, capsys):
     assert curves(runs, "mnist", "dfad").empty
     assert "mnist/dfad not plotted: not averaged: seed 0 and seed 2" in capsys.readouterr().err
     assert set(curves(runs, "mnist", "kd_ori")["seed"]) == {0, 1, 2}
+
+
+def test_latex_keeps_double_hyphens_and_angle_brackets():
+    """`--runs-dir` in a footnote stays two hyphens (not an en dash); < and > are not OT1's inverted marks."""
+    from reports.latex import escape
+
+    assert escape("--runs-dir ---x <class>") == r"-{}-runs-dir -{}-{}-x \textless{}class\textgreater{}"
