@@ -181,7 +181,9 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
     except OSError as e:
         import errno
 
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+        from .store import STORAGE_ERRNOS
+
+        if e.errno not in (*STORAGE_ERRNOS, errno.EACCES, errno.EPERM):
             raise
         typer.echo(f"warning: no report files written under {runs_dir} ({e.strerror}); the table is printed only",
                    err=True)
@@ -192,8 +194,7 @@ def _report_suite(name: str, runs_dir: Path, profile: str | None, optional: bool
     """A suite loaded with the profile its runs were stored under; None for a paper-table dataset with no
     suite file or no runs (its column shows n/a)."""
     from .config import BENCHMARKS_DIR
-
-    from .data import FOLDERS_OPTIONAL
+    from .data import READING_STORED_RUNS
 
     if optional and not (BENCHMARKS_DIR / f"{name}.yaml").is_file():
         return None
@@ -201,11 +202,11 @@ def _report_suite(name: str, runs_dir: Path, profile: str | None, optional: bool
     if profile and stored and profile != stored:
         typer.echo(f"warning: {name}'s runs under {runs_dir} were made with profile {stored}, not {profile}; "
                    f"the report's titles name {profile}, its cells each run's own", err=True)
-    token = FOLDERS_OPTIONAL.set(True)  # a report reads the run store, not the suite's own data
+    token = READING_STORED_RUNS.set(True)  # a report reads the run store, not the suite's own data
     try:
         s = _load(name, profile or stored, [], announce=False)
     finally:
-        FOLDERS_OPTIONAL.reset(token)
+        READING_STORED_RUNS.reset(token)
     if not (runs_dir / s.name).is_dir():
         if optional:
             return s
@@ -251,7 +252,7 @@ def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = 
 
 def _check_data(needs: dict[tuple[str, str], list[str]]) -> None:
     """One line per dataset split the runs read; a split that is missing and cannot be downloaded is an error."""
-    from .data import _download_allowed, data_root, get_dataset, missing_split
+    from .data import download_allowed, data_root, get_dataset, missing_split
 
     missing = []
     for (name, split), users in needs.items():
@@ -259,7 +260,7 @@ def _check_data(needs: dict[tuple[str, str], list[str]]) -> None:
         used = f"(read by {', '.join(users)})"
         if why is None:
             typer.echo(f"data: {name} {split} found under {data_root()} {used}")
-        elif get_dataset(name).downloads and _download_allowed():
+        elif get_dataset(name).downloads and download_allowed():
             typer.echo(f"data: {name} {split} not under {data_root()}; the run downloads it {used}")
         else:
             typer.echo(f"data: {name} {split} MISSING {used}: {why}")
@@ -275,7 +276,7 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
             profile: Optional[str] = PROFILE, runs_dir: Path = RUNS_DIR):
     """Train (or reuse, or load with teacher.checkpoint=PATH) the suite's teacher and print its accuracy."""
     from . import env
-    from .data import get_dataset
+    from .data import get_dataset, metric_word
     from .teacher import ensure_teacher
 
     from .runner import check_models
@@ -284,7 +285,7 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
     env.apply_runtime(s.runtime)
     check_models(s, ("teacher",))
     t = ensure_teacher(s, runs_dir, env.resolve_device(s.runtime.device))
-    what = "mIoU" if get_dataset(s.dataset).metric == "miou" else "acc"
+    what = metric_word(get_dataset(s.dataset).metric)
     typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test {what} {t.acc:.4f} ({t.source}, {t.path})")
 
 

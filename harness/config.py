@@ -9,9 +9,9 @@ import functools
 import hashlib
 import json
 import re
-from pathlib import Path
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
@@ -471,6 +471,8 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
 def validate(raw: dict, source: str = "suite", data_sources: bool = True) -> Suite:
     import methods  # noqa: F401  (register every method before checking names)
 
+    from .data import READING_STORED_RUNS
+
     try:
         suite = Suite.model_validate(raw)  # not Suite(**raw): a YAML key may be a number
         for name, params in suite.methods.items():
@@ -483,7 +485,7 @@ def validate(raw: dict, source: str = "suite", data_sources: bool = True) -> Sui
             if getattr(params, "data", None) is not None and params.data not in DATASETS:  # KD's data source
                 raise HarnessError(f"methods.{name}.data: {unknown('dataset', params.data, DATASETS.names())}")
             cls = suite.method_class(name)
-            if (data_sources and not reading_stored_runs() and not cls.data_free
+            if (data_sources and not READING_STORED_RUNS.get() and not cls.data_free
                     and cls.training_data(params, suite.dataset) is None):
                 raise HarnessError(f"methods.{name}: no default data source for dataset {suite.dataset!r}; set "
                                    f"methods.{name}.data to a dataset name")
@@ -494,13 +496,6 @@ def validate(raw: dict, source: str = "suite", data_sources: bool = True) -> Sui
     except HarnessError as e:
         msg = str(e)
         raise HarnessError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-
-
-def reading_stored_runs() -> bool:
-    """True while a report loads a suite: it reads the run store, so what a run would need is not asked."""
-    from .data import FOLDERS_OPTIONAL
-
-    return FOLDERS_OPTIONAL.get()
 
 
 def check_search(suite: Suite) -> None:

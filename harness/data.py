@@ -76,6 +76,11 @@ def resize(x: torch.Tensor, hw) -> torch.Tensor:
     return torch.cat(out)
 
 
+def metric_word(metric: str) -> str:
+    """How progress lines name a dataset's metric ("acc" or "miou", DatasetSpec.metric)."""
+    return "mIoU" if metric == "miou" else "acc"
+
+
 @dataclass
 class DatasetSpec:
     name: str
@@ -123,7 +128,7 @@ def cached(name: str, split: str, root: Path, load) -> tuple[torch.Tensor, torch
     return x, y
 
 
-def _download_allowed() -> bool:
+def download_allowed() -> bool:
     return os.environ.get("DFAD_DOWNLOAD", "1") not in ("0", "false", "no")
 
 
@@ -152,7 +157,7 @@ def _torchvision(name: str, cls, root: Path, how: str, **kw):
         return cls(str(root), download=False, **kw)
     except (RuntimeError, FileNotFoundError):
         pass
-    if _download_allowed():
+    if download_allowed():
         try:
             return cls(str(root), download=True, **kw)
         except Exception:
@@ -180,7 +185,7 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
     for label, c in enumerate(classes):
         for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
             if not _is_image_file(f):
-                if f.is_file() and not f.name.startswith(".") and f.name.lower() not in ("thumbs.db", "desktop.ini"):
+                if f.is_file() and not _os_file(f):
                     skipped.append(f)
                 continue
             img = decode_file(f, channels)
@@ -216,9 +221,14 @@ def _pil_uint8(im) -> torch.Tensor:
     return torch.from_numpy(np.clip(np.round(a / scale * 255), 0, 255).astype(np.uint8))[None]
 
 
+def _os_file(f: Path) -> bool:
+    """Hidden files and the OS's own (thumbnails, folder settings): skipped without a word."""
+    return f.name.startswith(".") or f.name.lower() in ("thumbs.db", "desktop.ini")
+
+
 def _is_image_file(f: Path) -> bool:
-    """Image files by name; hidden files and the OS's thumbnails (Thumbs.db) are not."""
-    return f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+    """Image files by name."""
+    return f.is_file() and not _os_file(f) and f.suffix.lower() in IMAGE_SUFFIXES
 
 
 def decode_file(f: Path, channels: int) -> torch.Tensor:
@@ -258,19 +268,20 @@ def is_builtin(name: str) -> bool:
     return name in DATASETS and normalize(name) not in _OWN
 
 
-# True while stored runs are read (reports): a suite's own dataset folder need not be there any more
-FOLDERS_OPTIONAL: contextvars.ContextVar[bool] = contextvars.ContextVar("folders_optional", default=False)
+# True while stored runs are read (reports): a suite's own dataset folder need not be there any more, nor the
+# data a method would train on (config.validate)
+READING_STORED_RUNS: contextvars.ContextVar[bool] = contextvars.ContextVar("reading_stored_runs", default=False)
 
 
 def register_folder(name: str, cfg) -> DatasetSpec:
     """A suite's own dataset (config.FolderDataCfg) registered under `name`. Its cache name carries a
     fingerprint of the folder, size, channels, classes and the class folders' modification times, so
-    adding or removing images (or resizing) decodes afresh. Under FOLDERS_OPTIONAL a folder that is gone
+    adding or removing images (or resizing) decodes afresh. Under READING_STORED_RUNS a folder that is gone
     or wrong registers a stand-in whose every load raises the error."""
     try:
         return _register_folder(name, cfg)
     except HarnessError as e:
-        if not FOLDERS_OPTIONAL.get():
+        if not READING_STORED_RUNS.get():
             raise
 
         def unavailable(root, split, e=e):
@@ -574,7 +585,7 @@ def collate_pairs(batch):
         if hasattr(x, "getbands"):  # a PIL image
             from torchvision.transforms.functional import pil_to_tensor
 
-            x = pil_to_tensor(x).float().div_(255)
+            x = float_images(pil_to_tensor(x))
         xs.append(x)
         ys.append(y)
     return default_collate(xs), default_collate(ys)

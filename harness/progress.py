@@ -8,6 +8,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .data import metric_word
+
 
 class SuiteProgress:
     def __init__(self, total_runs: int, live: bool | None = None, stream=None):
@@ -57,7 +59,7 @@ class SuiteProgress:
     def on_eval(self, row: dict) -> None:
         if not self._bars:
             losses = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("loss"))
-            what = "mIoU" if row.get("metric") == "miou" else "acc"
+            what = metric_word(row.get("metric", "acc"))
             self.log(f"  {self._run_label} it {row['iteration']}: test {what} {row['test_acc']:.4f} {losses} "
                      f"({row['elapsed_s']:.0f}s)")
 

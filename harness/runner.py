@@ -12,7 +12,7 @@ import torch
 from . import env
 from .api import build_context, make_method, runtime_switches
 from .config import Suite, config_hash
-from .data import get_dataset
+from .data import get_dataset, metric_word
 from .errors import HarnessError, MissingDataError, NotApplicableError, first_line
 from .locks import Busy, exclusive
 from .loop import CHECKPOINT_VERSION, run_loop
@@ -364,7 +364,7 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
             progress.log(f"warning: {line}")
         with exclusive(Path(runs_dir) / "teachers" / f".{suite.name}-{suite.dataset}.lock", wait=True):
             teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
-        what = "mIoU" if get_dataset(suite.dataset).metric == "miou" else "acc"
+        what = metric_word(get_dataset(suite.dataset).metric)
         progress.log(f"teacher {suite.teacher.model.name}: test {what} {teacher.acc:.4f} ({teacher.source})")
         test = get_dataset(suite.dataset).load("test")
         pending = list(runs)

@@ -67,6 +67,11 @@ def write_json(path: Path, obj: dict) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def is_number(v) -> bool:
+    """A number as a stored JSON value may hold it (not true/false, not a string)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def read_json(path: Path) -> dict | None:
     """A JSON object from the file; None if it is missing, unreadable, or not an object."""
     try:
@@ -108,8 +113,7 @@ class RunDir:
         """What a finished run lacks (a number in summary.json, student.pt, metrics.csv with its evaluations),
         or None."""
         s = self.summary() or {}
-        if not all(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
-                   for k in ("best_acc", "final_acc")):
+        if not all(is_number(s.get(k)) for k in ("best_acc", "final_acc")):
             return "its summary.json has no best_acc/final_acc"
         if not self.student.is_file():
             return "its student.pt is missing"

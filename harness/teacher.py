@@ -22,7 +22,7 @@ from .errors import HarnessError
 from .loop import evaluate
 from .method import schedule_factor
 from .models import build_model
-from .store import atomic_torch_save, read_json, write_json
+from .store import atomic_torch_save, is_number, read_json, write_json
 
 
 @dataclass
@@ -247,7 +247,7 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
     cache = Path(runs_dir) / "teachers" / f"{suite.dataset}-{suite.teacher.model.name}-{config_hash(key, ignore=())}"
     weights, meta_path = cache / "teacher.pt", cache / "summary.json"
     meta = read_json(meta_path)
-    if meta and not isinstance(meta.get("test_acc"), (int, float)):
+    if meta and not is_number(meta.get("test_acc")):
         log(f"warning: {meta_path} has no test_acc; training the teacher again")
         meta = None
     if meta and weights.is_file():

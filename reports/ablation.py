@@ -10,7 +10,7 @@ from pathlib import Path
 from harness.config import Suite, method_of
 
 from .collect import LOSS_LABELS, aggregate, runs_frame, value_label
-from .table import EVAL_WORD, Table, column_names
+from .table import EVAL_WORD, Table, column_names, spread_text
 
 LOSS_ORDER = ["mae", "mse", "kld"]
 
@@ -56,13 +56,9 @@ def ablation_table(suites: list[Suite], runs_dir: str | Path, metric: str = "bes
             cells[(key, col)] = aggregate(runs[runs["method"] == m] if m else runs.iloc[0:0], metric)
     values = {col: value_label(s.dataset) for s, col in zip(suites, columns)}
     t = Table(list(rows), columns, cells, {x: "free" for x in rows}, flops=False,
-              row_labels={k: lab for k, (lab, _) in rows.items()}, row_title="Loss", value_names=values,
-              value_name="mIoU" if set(values.values()) == {"mIoU"} else "Acc.")
-    ns = t.seed_counts() or [0]
-    n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+              row_labels={k: lab for k, (lab, _) in rows.items()}, row_title="Loss", value_names=values)
     what = {"Acc.": "test accuracy", "mIoU": "mIoU"}
     measured = " / ".join(what[v] for v in dict.fromkeys(values.values())) or "test accuracy"
-    spread = "one seed per cell (no spread shown)" if ns == [1] else f"mean ± std over {n} seeds"
     t.caption = (f"DFAD with each discrepancy as the loss: {measured}, the {EVAL_WORD[metric]} of each run's "
-                 f"evaluations; {spread}; bold: best loss per dataset.")
+                 f"evaluations; {spread_text(t.seed_counts())}; bold: best loss per dataset.")
     return t

@@ -13,7 +13,7 @@ import pandas as pd
 from harness.config import Suite
 from harness.errors import HarnessError
 from harness.models import human_macs
-from harness.store import Store, atomic_write
+from harness.store import Store, atomic_write, is_number
 
 from .collect import PAPER_ORDER, Cell, aggregate, dataset_label, group, label, runs_frame, teacher_summary, \
     value_label
@@ -34,6 +34,10 @@ class Table:
     flops: bool = True
     row_labels: dict[str, str] = field(default_factory=dict)
     row_title: str = "Method"
+
+    def __post_init__(self):
+        if self.value_names:  # the table's measure: mIoU only where every column is one
+            self.value_name = "mIoU" if set(self.value_names.values()) == {"mIoU"} else "Acc."
 
     def value(self, column: str) -> str:
         """What a column's cells measure (its header): Acc. or mIoU."""
@@ -91,8 +95,7 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
         if r == "teacher":
             t = teacher_summary(runs_dir, suite.name)
             acc = t.get("test_acc")
-            cell = (Cell(float(acc), 0.0, 1, "ok") if isinstance(acc, (int, float)) and not isinstance(acc, bool)
-                    else Cell(note="no teacher trained" if not t else "the teacher's summary.json has no test_acc"))
+            cell = (Cell(float(acc), 0.0, 1, "ok") if is_number(acc) else Cell(note="no teacher trained" if not t else "the teacher's summary.json has no test_acc"))
             used = pd.to_numeric(runs[runs["status"] == "done"]["teacher_acc"], errors="coerce").dropna()
             # 0.001: a checkpoint's accuracy is measured again by every process, which may round differently
             if cell.status == "ok" and (others := {round(a, 3) for a in used if abs(a - cell.mean) > 1e-3}):
@@ -172,8 +175,7 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
             cells[(r, col)] = c
     values = {col: value_label(n) for col, n in zip(columns, names)}
     defined = {r: defining_suite(r, suites) for r in rows}
-    t = Table(rows, columns, cells, {r: group(r, defined[r]) for r in rows},
-              value_name="mIoU" if set(values.values()) == {"mIoU"} else "Acc.", value_names=values,
+    t = Table(rows, columns, cells, {r: group(r, defined[r]) for r in rows}, value_names=values,
               row_labels={r: label(r, defined[r]) for r in rows})
     # the profiles the stored runs were made with (the suite's loaded one only where none is recorded)
     profiles = set()
@@ -186,11 +188,7 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
 
 def caption(t: Table, profiles: list[str], metric: str) -> str:
     """profiles: those of the stored runs (a paper table's columns without runs have none to name)."""
-    ns = t.seed_counts()
-    spread = ("no cell has finished runs to show (see the notes)" if not ns
-              else "one seed per cell (no spread shown)" if ns == [1]
-              else f"mean ± std over n={ns[0]} seeds" if len(ns) == 1
-              else f"mean ± std over n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
+    spread = spread_text(t.seed_counts())
     measured = {t.value(c) for c in t.columns} or {t.value_name}
     what = ("mIoU" if measured == {"mIoU"} else "Test accuracy (mIoU for segmentation)" if "mIoU" in measured
             else "Test accuracy")
@@ -199,6 +197,14 @@ def caption(t: Table, profiles: list[str], metric: str) -> str:
             f"dataset; "
             + (f"profiles: {', '.join(profiles)} (mixed: each run's summary.json says which)." if len(profiles) > 1
                else f"profile: {', '.join(profiles) or 'none'}."))
+
+
+def spread_text(ns: list[int]) -> str:
+    """What a caption says of the seeds behind its cells (ns: the cells' seed counts)."""
+    return ("no cell has finished runs to show (see the notes)" if not ns
+            else "one seed per cell (no spread shown)" if ns == [1]
+            else f"mean ± std over n={ns[0]} seeds" if len(ns) == 1
+            else f"mean ± std over n={ns[0]}-{ns[-1]} seeds (cells with fewer say so)")
 
 
 def tidy(t: Table) -> pd.DataFrame:

@@ -135,13 +135,13 @@ def test_a_method_left_out_need_not_find_its_data():
 
 def test_a_report_loads_a_suite_whose_methods_could_not_run_here():
     """Stores made before the data-source check (KD-REL failed at run time) can still be reported."""
-    from harness.data import FOLDERS_OPTIONAL
+    from harness.data import READING_STORED_RUNS
 
-    token = FOLDERS_OPTIONAL.set(True)
+    token = READING_STORED_RUNS.set(True)
     try:
         assert "kd_rel" in load_suite("mnist", "quick", ["dataset=camvid"]).methods
     finally:
-        FOLDERS_OPTIONAL.reset(token)
+        READING_STORED_RUNS.reset(token)
 
 
 def test_booleans_stay_valid_where_a_setting_is_one():
