@@ -362,11 +362,22 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
                      f"{len(runs)} runs into {store.dir}")
         for line in other_seed_conflicts(suite, store):
             progress.log(f"warning: {line}")
-        with exclusive(Path(runs_dir) / "teachers" / f".{suite.name}-{suite.dataset}.lock", wait=True):
-            teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
-        what = metric_word(get_dataset(suite.dataset).metric)
-        progress.log(f"teacher {suite.teacher.model.name}: test {what} {teacher.acc:.4f} ({teacher.source})")
-        test = get_dataset(suite.dataset).load("test")
+        loaded = {}
+
+        def teacher_and_test():
+            if not loaded:
+                teacher = ensure_teacher(suite, Path(runs_dir), device, progress.log)
+                what = metric_word(get_dataset(suite.dataset).metric)
+                progress.log(f"teacher {suite.teacher.model.name}: test {what} {teacher.acc:.4f} ({teacher.source})")
+                loaded.update(teacher=teacher, test=get_dataset(suite.dataset).load("test"))
+            return loaded["teacher"], loaded["test"]
+
+        if not force and (store.dir / "teacher" / "summary.json").is_file() and all(
+                _nothing_to_do(suite, store.run(m, s), m, s) for m, s in runs):
+            progress.log("teacher: not needed, every run is finished (its record stays in "
+                         f"{store.dir / 'teacher'}; --force redoes the runs)")
+        else:
+            teacher_and_test()  # first, so data or checkpoint problems show before any run
         pending = list(runs)
         wait = False
         while pending:
@@ -375,7 +386,7 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
                 rd = store.run(method, seed)
                 try:
                     with exclusive(rd.path / ".lock", wait=wait):
-                        _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks, force,
+                        _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callbacks, force,
                                  outcome)
                 except Busy:
                     busy.append((method, seed))  # another process runs it now; look again at the end
@@ -385,7 +396,15 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     return outcome
 
 
-def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks, force, outcome):
+def _nothing_to_do(suite: Suite, rd: RunDir, method: str, seed: int) -> bool:
+    """The run would be skipped as it is: finished and whole with this config, or known not to apply to it."""
+    s = rd.summary() or {}
+    if s.get("status") == "failed" and s.get("retry") is False:
+        return same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))
+    return s.get("status") == "done" and not finished_elsewise(suite, rd, method, seed) and not rd.incomplete()
+
+
+def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callbacks, force, outcome):
     s = rd.summary()
     if (not force and s and s.get("status") == "failed" and s.get("retry") is False
             and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
@@ -414,7 +433,7 @@ def _run_one(suite, method, seed, rd, teacher, test, device, progress, callbacks
             return
     if force and rd.checkpoint.exists():
         rd.checkpoint.unlink()
-    summary = execute_run(suite, method, seed, rd, teacher, test, device, progress, callbacks)
+    summary = execute_run(suite, method, seed, rd, *teacher_and_test(), device, progress, callbacks)
     if summary is None:
         s = rd.summary() or {}
         entry = (method, seed, s.get("reason", ""))

@@ -19,6 +19,7 @@ from . import env
 from .config import Suite, TeacherCfg, config_hash, file_digest
 from .data import DatasetSpec, ImageTensors, TensorBatches, get_dataset
 from .errors import HarnessError
+from .locks import exclusive
 from .loop import evaluate
 from .method import schedule_factor
 from .models import build_model
@@ -163,10 +164,26 @@ def draw_subset(data: ImageTensors, n: int, seed: int) -> ImageTensors:
     return ImageTensors(data.x[keep], data.y[keep], data.mean, data.std, data.metric)
 
 
+def _read_resume(path: Path | None, device, log) -> dict | None:
+    """The state an interrupted training left after its last finished epoch, or None."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or not {"model", "opt", "sched", "batches", "rng", "epoch"} <= set(state):
+            raise ValueError("not a teacher training checkpoint")
+        return state
+    except Exception as e:  # a truncated or foreign file: start afresh rather than fail the suite
+        log(f"warning: cannot resume the teacher from {path} ({type(e).__name__}); training it from the start")
+        return None
+
+
 def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print,
-                  channels_last: bool = False) -> tuple[nn.Module, float, float, int]:
+                  channels_last: bool = False, checkpoint: Path | None = None) -> tuple[nn.Module, float, float, int]:
     """Supervised training with the recipe; returns (model, test accuracy, seconds, epochs run).
-    channels_last changes the memory layout only (tensor-core kernels on CUDA), not the function."""
+    channels_last changes the memory layout only (tensor-core kernels on CUDA), not the function.
+    With a checkpoint path, the training state is saved there after every epoch and an interrupted training
+    resumes from its last finished epoch (bit for bit on the same machine); the file is removed at the end."""
     torch.manual_seed(recipe.seed)
     precision = env.resolve_precision(recipe.precision, device)
     train, test = spec.load("train"), spec.load("test")
@@ -202,8 +219,11 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
         return evaluate(net, test, device, autocast, channels_last=channels_last)
 
     t0 = time.perf_counter()
-    epochs = recipe.epochs
-    if recipe.time_budget_s:
+    epochs, start, before_s = recipe.epochs, 0, 0.0
+    resume = _read_resume(checkpoint, device, log)
+    if resume:  # the epochs planned then (a time budget's choice included), not a new probe's
+        epochs, start, before_s = resume["epochs"], resume["epoch"], resume["elapsed_s"]
+    elif recipe.time_budget_s:
         epochs = fit_epochs(model, opt, batches, step, steps_per_epoch, evaluate_once, recipe.time_budget_s,
                             recipe.epochs, log)
     total = steps_per_epoch * epochs
@@ -214,7 +234,17 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
     else:  # milestones at their place in the planned epochs, also when a time budget runs fewer
         fracs = [m / recipe.epochs for m in recipe.milestones]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(recipe.schedule, total, fracs, recipe.gamma))
-    for epoch in range(epochs):
+    if resume:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+        batches.load_state_dict(resume["batches"])
+        torch.set_rng_state(resume["rng"].cpu())
+        if device.type == "cuda" and resume.get("cuda_rng") is not None:  # dropout's draws on the GPU
+            torch.cuda.set_rng_state(resume["cuda_rng"].cpu(), device)
+        acc = resume["acc"]
+        log(f"teacher: resuming after epoch {start}/{epochs} ({checkpoint})")
+    for epoch in range(start, epochs):
         loss_sum = torch.zeros((), device=device)
         for _ in range(steps_per_epoch):
             x, y = next(batches)
@@ -222,9 +252,15 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
             sched.step()
             loss_sum += loss.detach()
         acc = evaluate_once(model)
+        if checkpoint is not None and epoch + 1 < epochs:  # saved before the epoch is reported: what is seen is kept
+            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                               "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
+                               "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                               "epochs": epochs, "acc": acc, "elapsed_s": before_s + time.perf_counter() - t0},
+                              checkpoint)
         log(f"teacher epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
-            f"test {getattr(spec, 'metric', 'acc')} {acc:.4f}, {time.perf_counter() - t0:.0f}s")
-    return model, acc, time.perf_counter() - t0, epochs
+            f"test {getattr(spec, 'metric', 'acc')} {acc:.4f}, {before_s + time.perf_counter() - t0:.0f}s")
+    return model, acc, before_s + time.perf_counter() - t0, epochs
 
 
 def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print) -> Teacher:
@@ -245,6 +281,11 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
 
     key = teacher_key(suite)
     cache = Path(runs_dir) / "teachers" / f"{suite.dataset}-{suite.teacher.model.name}-{config_hash(key, ignore=())}"
+    with exclusive(cache.parent / f".{cache.name}.lock", wait=True):  # one process trains it, others reuse it
+        return _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log)
+
+
+def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log) -> Teacher:
     weights, meta_path = cache / "teacher.pt", cache / "summary.json"
     meta = read_json(meta_path)
     if meta and not is_number(meta.get("test_acc")):
@@ -263,8 +304,11 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
     # channels-last for teacher training on CUDA (tensor-core layouts) unless the runtime says off; on CPUs
     # only when asked (`on`): measured for the generator there, not for every teacher
     cl = suite.runtime.channels_last == "on" or (suite.runtime.channels_last == "auto" and device.type == "cuda")
-    model, acc, seconds, epochs = train_teacher(model, spec, suite.teacher.recipe, device, log, channels_last=cl)
+    resume = cache / "training.pt"  # the state after the last finished epoch, while the teacher trains
+    model, acc, seconds, epochs = train_teacher(model, spec, suite.teacher.recipe, device, log, channels_last=cl,
+                                                checkpoint=resume)
     atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
+    resume.unlink(missing_ok=True)
     meta = {**key, "test_acc": acc, "wall_time_s": round(seconds, 1), "epochs_run": epochs,
             "channels_last": cl, "precision": str(env.resolve_precision(suite.teacher.recipe.precision, device)
                                                   or "fp32").replace("torch.", ""),

@@ -244,18 +244,29 @@ def test_a_run_finished_meanwhile_with_another_config_is_not_taken_as_done(runs,
     assert "params.lr_S differs" in other.output and "already done" not in other.output
 
 
-def test_sigterm_while_the_teacher_trains_stops_like_ctrl_c(tmp_path, mnist_data):
+def test_sigterm_while_the_teacher_trains_stops_like_ctrl_c_and_the_teacher_resumes(tmp_path, mnist_data):
+    """SIGTERM (a batch scheduler's stop) while the teacher trains: exit 130 with the resume hint, the finished
+    epochs kept; the rerun goes on from them. Once every run is finished, a lost teacher cache is not retrained."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "DFAD_DATA": str(mnist_data), "WANDB_MODE": "disabled"}
-    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "mnist", "--profile", "smoke", "--methods", "dfad",
-                          "--runs-dir", str(tmp_path), "--no-report", "teacher.recipe.epochs=50"],
-                         cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, "-m", "harness.cli", "run", "mnist", "--profile", "smoke", "--methods", "dfad",
+           "--runs-dir", str(tmp_path), "--no-report", "teacher.recipe.epochs=3"]
+    p = subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
-    while "teacher: training" not in seen:
+    while "teacher epoch 1/3" not in seen:
         line = p.stdout.readline()
         assert line or p.poll() is None, seen
         seen += line
-    time.sleep(1.0)
     p.send_signal(signal.SIGTERM)
     out = seen + p.communicate(timeout=120)[0]
     assert p.returncode == 130, out
     assert "interrupted: finished runs and checkpoints are kept; rerun to resume" in out
+    assert len(list((tmp_path / "teachers").glob("*/training.pt"))) == 1
+    again = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "teacher: resuming after epoch" in again.stdout and "teacher epoch 1/3" not in again.stdout
+    assert not list((tmp_path / "teachers").glob("*/training.pt")) and list((tmp_path / "teachers").glob("*/teacher.pt"))
+    import shutil
+    shutil.rmtree(tmp_path / "teachers")
+    third = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "teacher: not needed, every run is finished" in third.stdout, third.stdout
+    assert "already done" in third.stdout and not (tmp_path / "teachers").exists()

@@ -193,3 +193,59 @@ def test_one_cycle_teacher_with_a_handful_of_steps(mnist_data, subset):
     _, acc, _, epochs = train_teacher(build_model("lenet5"), get_dataset("mnist"), recipe, torch.device("cpu"),
                                       log=lambda *_: None)
     assert epochs == 1 and 0 <= acc <= 1
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "multistep"])
+def test_interrupted_teacher_resumes_from_its_last_epoch_bit_for_bit(tmp_path, schedule):
+    """Ctrl-C while a teacher trains once threw every finished epoch away; now the state after each epoch is
+    kept (weights, optimiser, schedule, batch order and augmentation draws, dropout's RNG) and a rerun goes on
+    from there to the very weights an uninterrupted training makes."""
+    from harness.config import TeacherRecipe
+    from harness.teacher import train_teacher
+
+    spec = _tiny_spec()
+    spec.augment = "crop_flip"
+    recipe = TeacherRecipe(epochs=4, batch_size=16, lr=0.05, schedule=schedule, milestones=[2, 3],
+                           precision="fp32", time_budget_s=1e6 if schedule == "onecycle" else None)
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(_tiny_net(), torch.nn.Dropout(0.3), torch.nn.Linear(3, 3))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFAD_DATA", str(tmp_path))
+        whole, acc, _, epochs = train_teacher(net(), spec, recipe, torch.device("cpu"), log=lambda *_: None)
+        ckpt = tmp_path / "training.pt"
+
+        def stop_at_epoch_3(line):
+            if line.startswith("teacher epoch 3/"):
+                raise KeyboardInterrupt
+
+        torch.manual_seed(123)  # whatever the process's RNG did meanwhile
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(net(), spec, recipe, torch.device("cpu"), log=stop_at_epoch_3, checkpoint=ckpt)
+        assert torch.load(ckpt, weights_only=True)["epoch"] == 3  # saved before the epoch is reported
+        lines = []
+        torch.manual_seed(7)
+        resumed, acc2, seconds, epochs2 = train_teacher(net(), spec, recipe, torch.device("cpu"), log=lines.append,
+                                                        checkpoint=ckpt)
+    assert any("resuming after epoch 3/4" in line for line in lines)
+    assert sum(line.startswith("teacher epoch") for line in lines) == 1  # epoch 4 only
+    assert epochs2 == epochs == 4 and acc2 == acc and seconds > 0
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_a_damaged_teacher_checkpoint_trains_from_the_start(tmp_path):
+    from harness.config import TeacherRecipe
+    from harness.teacher import train_teacher
+
+    ckpt = tmp_path / "training.pt"
+    ckpt.write_bytes(b"\x00" * 10)
+    lines = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFAD_DATA", str(tmp_path))
+        _, _, _, epochs = train_teacher(_tiny_net(), _tiny_spec(), TeacherRecipe(epochs=2, batch_size=16, lr=0.05,
+                                        precision="fp32"), torch.device("cpu"), log=lines.append, checkpoint=ckpt)
+    assert epochs == 2 and any("cannot resume the teacher" in line for line in lines)
+    assert sum(line.startswith("teacher epoch") for line in lines) == 2
