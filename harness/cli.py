@@ -53,17 +53,24 @@ def _load(suite, profile, overrides, methods=None, seeds=None, params=None, anno
     return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params)
 
 
-def _term_as_interrupt():
-    """SIGTERM (kill, a scheduler) outside a run's loop, e.g. while a teacher trains, stops like Ctrl-C: the
-    message and exit 130, not a silent 143 (the loop has its own handler, which checkpoints first). Returns the
-    handler it replaced, None off the main thread."""
+_stopped = threading.Event()  # a stop signal arrived during the command, even if something swallowed it
+
+
+def _stop_as_interrupt():
+    """Ctrl-C and SIGTERM (kill, a scheduler) outside a run's loop, e.g. while a teacher trains, stop with the
+    message and exit 130, not a silent 143 (the loop has its own handler, which checkpoints first). The signal is
+    also remembered: a KeyboardInterrupt raised inside a finaliser (a figure or file closed by the garbage
+    collector during the report) is only printed as "Exception ignored" by Python, and the command must not then
+    carry on and exit 0. Returns the handlers it replaced ({} off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
+    _stopped.clear()
 
     def interrupt(signum, frame):
+        _stopped.set()
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    return {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 def guarded(fn):
@@ -71,9 +78,12 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        previous = _term_as_interrupt()
+        previous = _stop_as_interrupt()
         try:
-            return fn(*a, **kw)
+            out = fn(*a, **kw)
+            if _stopped.is_set():  # swallowed on the way (see _stop_as_interrupt)
+                raise KeyboardInterrupt
+            return out
         except HarnessError as e:
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
@@ -94,8 +104,8 @@ def guarded(fn):
             fail(f"cannot write under {where} ({e.strerror}); finished runs and the last good checkpoints are "
                  f"kept: {fix}")
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     return wrapper
 

@@ -174,3 +174,31 @@ def test_a_new_seed_with_another_config_is_warned_about(runs):
     assert second.exit_code == 0, second.output[-1500:]
     assert "warning: dfad seed 0 in" in second.output and "(budget.iterations differs)" in second.output
     assert "| DFAD | 134K | n/a" in second.output and "not averaged: seed 0 and seed 1" in second.output
+
+
+def test_a_stop_signal_swallowed_on_the_way_still_stops_the_command():
+    """Ctrl-C landing in a finaliser during the end-of-run report was only printed by Python ("Exception
+    ignored in ...") and the command went on to exit 0; the signal is remembered and the command exits 130."""
+    import os
+    import signal
+
+    import click
+    import typer
+
+    from harness.cli import guarded
+
+    @guarded
+    def command():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        except KeyboardInterrupt:
+            pass  # what a finaliser does with it
+        return "went on"
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises((typer.Exit, click.exceptions.Exit)) as e:
+        command()
+    assert e.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
