@@ -153,6 +153,9 @@ class _Loop:
         self.history = list(state["history"])
         self.it = self.start_it = state["iteration"]
         self.prior_time, self.train_time = state["elapsed_s"], state["train_time_s"]
+        # the loss sums since the last evaluation (a stop between evaluations); older checkpoints have none
+        self.sums = {k: v.to(self.ctx.device) for k, v in state.get("loss_sums", {}).items()}
+        self.count = state.get("loss_count", 0)
 
     def elapsed(self) -> float:
         return self.prior_time + time.perf_counter() - self.t0
@@ -164,6 +167,7 @@ class _Loop:
                 "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "iteration": self.it,
                 "method": self.method.state_dict(), "rng": rng_state(self.ctx.device), "history": self.history,
                 "elapsed_s": self.elapsed(), "train_time_s": self.train_time,
+                "loss_sums": self.sums, "loss_count": self.count,
             }, self.checkpoint)
 
     def run(self) -> LoopResult:

@@ -240,3 +240,25 @@ def test_real_cuda_graph_trains_like_eager_steps():
     assert torch.isfinite(g).all() and torch.isfinite(e).all()
     # the noise differs once captured (graph-safe RNG offsets), so the runs are close, not equal
     assert abs(float(g[-5:].mean()) - float(e[-5:].mean())) <= 0.5 * float(e[-5:].mean()) + 0.05
+
+
+def test_a_stop_between_evaluations_resumes_with_whole_loss_means(tmp_path):
+    """Ctrl-C between two evaluations checkpoints at once; the loss means of the first evaluation after the
+    resume cover every iteration since the last evaluation (the running sums travel in the checkpoint), so the
+    history equals an uninterrupted run's, loss columns included."""
+    import os
+    import signal
+
+    whole = run(setup(), graphed=False, iterations=12, eval_every=4)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def stop_at_6(it, total, acc):
+        if it == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(setup(), tiny_test(), 12, 4, checkpoint=ckpt, on_progress=stop_at_6)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["iteration"] == 6 and len(state["history"]) == 1  # between the evaluations at 4 and 8
+    resumed = run(setup(), graphed=False, iterations=12, eval_every=4, resume_state=state)
+    assert_same_run(resumed, whole)
