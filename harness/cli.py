@@ -240,7 +240,9 @@ def _stored_profile(suite: str, runs_dir: Path) -> str | None:
 def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
              profile: Optional[str] = PROFILE,
              data: bool = typer.Option(True, "--data/--no-data", help="also check that the data the runs read is "
-                                       "under $DFAD_DATA (decodes and caches it once; never downloads)")):
+                                       "under $DFAD_DATA (decodes and caches it once; never downloads)"),
+             runs_dir: Path = typer.Option("runs", "--runs-dir", help="where runs are stored: a teacher cached there "
+                                           "needs no training data")):
     """Load and check a suite (every profile, or the one given) without running anything: the config, that
     its teacher and student build and take the dataset's input, and that its data is there."""
     from .config import read_yaml, suite_path
@@ -254,7 +256,7 @@ def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = 
         typer.echo(f"ok: {s.name} [{p}] dataset {s.dataset}, teacher {s.teacher.model.name}, student "
                    f"{s.student.name}, methods {', '.join(s.method_names())}, seeds {s.seeds}, "
                    f"{s.budget.iterations} iterations")
-        for key, users in data_needs(s).items():
+        for key, users in data_needs(s, runs_dir).items():
             needs[key] = list(dict.fromkeys([*needs.get(key, []), *users]))
     if data:
         _check_data(needs)

@@ -19,7 +19,7 @@ from .loop import CHECKPOINT_VERSION, run_loop
 from .models import build_model, check_fits, check_same_output, count_macs
 from .progress import SuiteProgress
 from .store import STORAGE_ERRNOS, RunDir, Store, atomic_torch_save
-from .teacher import ensure_teacher, load_weights
+from .teacher import ensure_teacher, is_cached, load_weights
 
 
 @dataclass
@@ -194,11 +194,11 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
         check_same_output(outputs["teacher"], outputs["student"], f"{suite.dataset}'s input")
 
 
-def data_needs(suite: Suite) -> dict[tuple[str, str], list[str]]:
+def data_needs(suite: Suite, runs_dir: Path | None = None) -> dict[tuple[str, str], list[str]]:
     """(dataset, split) -> what reads it: the suite's test split (evaluation), its train split (the teacher,
-    unless a checkpoint is given) and each data-driven method's training data."""
+    unless a checkpoint is given or runs_dir caches it) and each data-driven method's training data."""
     needs: dict[tuple[str, str], list[str]] = {(suite.dataset, "test"): ["evaluation"]}
-    if not suite.teacher.checkpoint:
+    if not suite.teacher.checkpoint and not (runs_dir is not None and is_cached(suite, runs_dir)):
         needs[(suite.dataset, "train")] = ["teacher training"]
     for m in suite.method_names():
         source = suite.method_class(m).training_data(suite.method_params(m), suite.dataset)

@@ -126,6 +126,18 @@ def teacher_key(suite: Suite) -> dict:
     return key
 
 
+def teacher_cache(suite: Suite, runs_dir: Path) -> Path:
+    """The folder a trained teacher of this suite is cached in (shared by suites with the same teacher)."""
+    key = config_hash(teacher_key(suite), ignore=())
+    return Path(runs_dir) / "teachers" / f"{suite.dataset}-{suite.teacher.model.name}-{key}"
+
+
+def is_cached(suite: Suite, runs_dir: Path) -> bool:
+    """A trained teacher of this suite is in runs_dir's cache (weights and a record with its accuracy)."""
+    cache = teacher_cache(suite, runs_dir)
+    return (cache / "teacher.pt").is_file() and is_number((read_json(cache / "summary.json") or {}).get("test_acc"))
+
+
 def fit_epochs(model, opt, batches, step, steps_per_epoch: int, evaluate_once, budget_s: float, max_epochs: int,
                log=print, probe_steps: int = 20) -> int:
     """How many epochs fit in budget_s: times probe_steps training steps (after warm-up, which also lets
@@ -279,8 +291,7 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
         write_json(suite_record, info)
         return Teacher(model, acc, "checkpoint", path, info)
 
-    key = teacher_key(suite)
-    cache = Path(runs_dir) / "teachers" / f"{suite.dataset}-{suite.teacher.model.name}-{config_hash(key, ignore=())}"
+    key, cache = teacher_key(suite), teacher_cache(suite, runs_dir)
     with exclusive(cache.parent / f".{cache.name}.lock", wait=True):  # one process trains it, others reuse it
         return _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log)
 

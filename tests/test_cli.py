@@ -117,6 +117,19 @@ def test_validate_checks_the_data_the_runs_read(tmp_path):
     assert r.returncode == 0 and "data:" not in r.stdout, r.stderr
 
 
+def test_validate_needs_no_training_data_for_a_teacher_cached_in_runs_dir(runs, mnist_data):
+    from conftest import SMOKE_TEACHER
+
+    env = {"DFAD_DATA": str(mnist_data)}
+    cached = cli("validate", "mnist", "--profile", "smoke", "--runs-dir", str(runs), *SMOKE_TEACHER, env=env)
+    assert cached.returncode == 0, cached.stderr
+    assert "teacher training" not in cached.stdout and "data: mnist test found" in cached.stdout
+    assert "data: mnist train found" in cached.stdout and "(read by kd_ori)" in cached.stdout
+    elsewhere = cli("validate", "mnist", "--profile", "smoke", "--runs-dir", str(runs / "other"), *SMOKE_TEACHER,
+                    env=env)
+    assert "data: mnist train found" in elsewhere.stdout and "(read by teacher training" in elsewhere.stdout
+
+
 def test_run_exit_codes_say_whether_a_run_crashed(runs, monkeypatch):
     """A diverged run is a result (FAILED in the table, exit 0, its reason printed); a crashed one is not (exit 1)."""
     from typer.testing import CliRunner
