@@ -26,38 +26,47 @@ PROFILES = ("paper", "quick", "smoke")
 
 class NoBoolNumbers(BaseModel):
     """YAML's true/false is not a number: pydantic's lax mode would read `batch_size: true` as 1 (also inside
-    lists and mappings of numbers, and for numeric choices such as `channels: 1 | 3`)."""
+    lists and mappings of numbers, and for numeric choices such as `channels: 1 | 3`). Nor is a quoted "8" a
+    whole number. Strings stay allowed where a float goes: PyYAML reads `1e-3` (no dot) as a string."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, v, info):
-        if _bool_as_number(cls.model_fields[info.field_name].annotation, v):
-            raise ValueError("expected a number, not true/false" if isinstance(v, bool)
-                             else "expected numbers, not true/false")
+        if why := _wrong_number(cls.model_fields[info.field_name].annotation, v):
+            raise ValueError(why)
         return v
 
 
-def _bool_as_number(annotation, v) -> bool:
-    """Whether v holds a true/false where `annotation` types a number."""
+def _wrong_number(annotation, v) -> str | None:
+    """Why v cannot stand where `annotation` types a number (true/false; a string for a whole number), or None."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _bool_as_number(args[0], v)
+        return _wrong_number(args[0], v)
     if origin in (typing.Union, types.UnionType):
-        if isinstance(v, bool) and any(_takes_bool(a) for a in args):
-            return False
-        return any(_bool_as_number(a, v) for a in args)
-    if isinstance(v, bool):
-        return annotation in (int, float) or (origin is Literal and all(type(a) is int for a in args))
+        if any(_takes(a, type(v)) for a in args):
+            return None
+        return next((why for a in args if (why := _wrong_number(a, v))), None)
+    whole = annotation is int or (origin is Literal and all(type(a) is int for a in args))
+    if isinstance(v, bool) and (whole or annotation is float):
+        return "expected a number, not true/false"
+    if isinstance(v, str) and whole:
+        return f"expected a whole number, not the string {v!r} (write it without quotes)"
     if isinstance(v, (list, tuple)) and origin in (list, tuple) and args:
-        return any(_bool_as_number(args[0], x) for x in v)
+        return next((_in_list(why) for x in v if (why := _wrong_number(args[0], x))), None)
     if isinstance(v, dict) and origin is dict and len(args) == 2:
-        return any(_bool_as_number(args[1], x) for x in v.values())
-    return False
+        return next((_in_list(why) for x in v.values() if (why := _wrong_number(args[1], x))), None)
+    return None
 
 
-def _takes_bool(annotation) -> bool:
-    return annotation in (bool, Any) or (typing.get_origin(annotation) is Literal
-                                         and any(isinstance(a, bool) for a in typing.get_args(annotation)))
+def _in_list(why: str) -> str:
+    return "expected numbers, not true/false" if "true/false" in why else why
+
+
+def _takes(annotation, kind: type) -> bool:
+    """Whether the annotation takes values of this Python type as they are (bool: true/false; str: text)."""
+    if annotation is Any or annotation is kind:
+        return True
+    return typing.get_origin(annotation) is Literal and any(type(a) is kind for a in typing.get_args(annotation))
 
 
 class Strict(NoBoolNumbers):

@@ -74,6 +74,10 @@ def test_profile_overlays_and_overrides():
     ("teacher.recipe={schedule: multistep, epochs: 10, milestones: [10]}", "a decay at epoch 10 or later never happens"),
     ("methods.dfad.milestones=[0.5, 1.0]", "methods.dfad.milestones.1: Input should be less than 1"),
     ("paper.dfad=true", "paper: Value error, expected numbers, not true/false"),
+    # a quoted number is text: a whole number refuses it (a float keeps taking it: PyYAML reads 1e-3 as text)
+    ("methods.dfad.batch_size='8'", "methods.dfad.batch_size: Value error, expected a whole number, not the string '8'"),
+    ("seeds=[0, '1']", "seeds: Value error, expected a whole number, not the string '1'"),
+    ("teacher.recipe.epochs='3'", "teacher.recipe.epochs: Value error, expected a whole number"),
     ("methods.kd_ori.data=nosuch", "methods.kd_ori.data: unknown dataset 'nosuch'"),
     ("dataset=camvid", "methods.kd_rel: no default data source for dataset 'camvid'; set methods.kd_rel.data"),
 ])
@@ -148,3 +152,11 @@ def test_booleans_stay_valid_where_a_setting_is_one():
     s = load_suite("mnist", "quick", ["runtime.compile=true", "runtime.channels_last=off", "runtime.deterministic=false",
                                       "teacher.recipe={schedule: cosine, epochs: 2, milestones: [5]}"])
     assert s.runtime.compile is True and s.runtime.channels_last == "off" and s.teacher.recipe.milestones == [5]
+
+
+def test_floats_written_as_yaml_reads_them_still_load():
+    """PyYAML reads `1e-3` (no dot) as a string: float fields keep taking it; whole numbers as numbers load."""
+    s = load_suite("mnist", "quick", ["methods.dfad.lr_S=1e-3", "teacher.recipe.lr=5e-2",
+                                      "methods.dfad.batch_size=8"])
+    assert s.method_params("dfad").lr_S == 1e-3 and s.teacher.recipe.lr == 5e-2
+    assert s.method_params("dfad").batch_size == 8
