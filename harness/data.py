@@ -183,11 +183,9 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
         raise HarnessError(f"{root}: class folder(s) {', '.join(extra[:3])} not in the training classes")
     xs, ys, skipped = [], [], []
     for label, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
-            if not _is_image_file(f):
-                if f.is_file() and not _os_file(f):
-                    skipped.append(f)
-                continue
+        images, others = _class_files(root / c)
+        skipped += others
+        for f in images:
             img = decode_file(f, channels)
             xs.append(img if hw is None or tuple(img.shape[-2:]) == hw else resize(img[None], hw)[0])
             ys.append(label)
@@ -229,6 +227,29 @@ def _os_file(f: Path) -> bool:
 def _is_image_file(f: Path) -> bool:
     """Image files by name."""
     return f.is_file() and not _os_file(f) and f.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _class_files(d: Path) -> tuple[list[Path], list[Path]]:
+    """A class folder's image files, in its subfolders too, in ImageFolder's order (the folder's own files
+    sorted, then each subfolder's), and the other files there (skipped). Hidden folders (e.g. Jupyter's
+    .ipynb_checkpoints) are left out, as hidden files are."""
+    images, others = [], []
+    for top, dirs, files in sorted(os.walk(d, followlinks=True)):
+        if any(part.startswith(".") for part in Path(top).relative_to(d).parts):
+            continue
+        for f in (Path(top) / name for name in sorted(files)):
+            if _is_image_file(f):
+                images.append(f)
+            elif f.is_file() and not _os_file(f):
+                others.append(f)
+    return images, others
+
+
+def _subfolder_stamps(class_dir: Path) -> list:
+    """(relative path, mtime) of a class folder's subfolders: adding or removing an image there changes them."""
+    return [(str(Path(top).relative_to(class_dir.parent)), Path(top).stat().st_mtime_ns)
+            for top, _, _ in sorted(os.walk(class_dir, followlinks=True))[1:]
+            if not any(p.startswith(".") for p in Path(top).relative_to(class_dir).parts)]
 
 
 def decode_file(f: Path, channels: int) -> torch.Tensor:
@@ -302,7 +323,7 @@ def _register_folder(name: str, cfg) -> DatasetSpec:
     classes = sorted(p.name for p in train.iterdir() if p.is_dir())
     if not classes:
         raise MissingDataError(f"dataset {name!r}: no class folders under {train} ({layout})")
-    empty = [c for c in classes if not any(map(_is_image_file, (train / c).iterdir()))]
+    empty = [c for c in classes if not _class_files(train / c)[0]]
     if empty:  # an extra output for a class with no images; often a copy still running
         raise HarnessError(f"dataset {name!r}: class folder(s) {', '.join(empty[:3])} under {train} have no images")
     test = folder / "test"
@@ -335,9 +356,14 @@ def _register_folder(name: str, cfg) -> DatasetSpec:
 def _fingerprint(folder: Path, hw: tuple[int, int], channels: int) -> str:
     """The folder's classes and their folders' modification times, with the decoding's size and channels."""
     classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
-    stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") if (folder / split).is_dir()
-              for p in sorted((folder / split).iterdir()) if p.is_dir()]
-    return hashlib.sha256(json.dumps([str(folder), list(hw), channels, classes, stamps]).encode()).hexdigest()[:12]
+    dirs = [p for split in ("train", "test") if (folder / split).is_dir()
+            for p in sorted((folder / split).iterdir()) if p.is_dir()]
+    stamps = [(p.name, p.stat().st_mtime_ns) for p in dirs]
+    nested = [s for p in dirs for s in _subfolder_stamps(p)]
+    # only where class folders have subfolders: the fingerprint (and so cached copies, teachers and finished runs)
+    # of every flat dataset stays what it was before subfolders were read
+    key = [str(folder), list(hw), channels, classes, stamps] + ([nested] if nested else [])
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
 
 def drop_stale_caches(root: Path, cache_name: str, source: str) -> None:

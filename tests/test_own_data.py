@@ -203,3 +203,39 @@ def test_awkward_image_files_decode_like_8_bit_ones(tmp_path):
                 assert (img[0].to(torch.int16) - ref).abs().max() <= tol, f.name
     x, y = _image_folder(tmp_path / "train", hw=None, channels=1)
     assert tuple(x.shape) == (9, 1, 12, 10) and x.dtype == torch.uint8  # labels.txt left out
+
+
+def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_path, mnist_data):
+    """A class folder with subfolders (e.g. per session or per source): their images are the class's, in
+    ImageFolder's order; hidden folders (Jupyter's .ipynb_checkpoints) are not. An image added in a subfolder
+    changes the fingerprint (decoded afresh); a flat dataset's fingerprint is what it was before."""
+    import hashlib
+    import json
+    import shutil
+
+    from torchvision.datasets import ImageFolder
+
+    from harness.data import _fingerprint, _image_folder, decode_file
+
+    folder = digits_folder(tmp_path / "digits", mnist_data)
+    flat = _fingerprint(folder, (32, 32), 1)
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") for p in sorted((folder / split).iterdir())]
+    before = hashlib.sha256(json.dumps([str(folder), [32, 32], 1, classes, stamps]).encode()).hexdigest()[:12]
+    assert flat == before  # the formula every earlier cache, teacher and run was keyed by
+
+    d = folder / "train" / "digit5"
+    (d / "session b").mkdir()
+    for i in (2, 3):
+        shutil.move(d / f"{i}.png", d / "session b" / f"{i}.png")
+    (d / ".ipynb_checkpoints").mkdir()
+    shutil.copy(d / "4.png", d / ".ipynb_checkpoints" / "4-checkpoint.png")
+    x, y = _image_folder(folder / "train", hw=(32, 32), channels=1)
+    ref = ImageFolder(str(folder / "train"), is_valid_file=lambda p: ".ipynb_checkpoints" not in p)
+    assert len(x) == 3 * 12 == len(ref.samples)
+    assert y.tolist() == [t for _, t in ref.samples]
+    assert [p for p, _ in ref.samples][12 + 10:12 + 12] == [str(d / "session b" / "2.png"), str(d / "session b" / "3.png")]
+    assert torch.equal(x[12 + 10], decode_file(d / "session b" / "2.png", 1)[:, :32, :32])
+    nested = _fingerprint(folder, (32, 32), 1)
+    shutil.copy(d / "4.png", d / "session b" / "9.png")
+    assert _fingerprint(folder, (32, 32), 1) != nested
