@@ -35,6 +35,7 @@ def to_latex(t: Table, with_paper: str | None = None, label: str | None = None) 
                       position_float="centering", caption=escape(t.caption).replace("±", r"$\pm$"),
                       label=label, convert_css=True, sparse_index=False)
     tex = _rules(tex, group_starts(t, rows), len(df.columns.levels[0]))
+    tex = _row_title(tex, t.row_title)
     notes = footnotes(t)
     if notes:  # inside the float, under the tabular, so the notes travel with the table
         text = r" \\ ".join(rf"\textsuperscript{{{a}}}\,{escape(n)}" for a, n in notes)
@@ -60,6 +61,15 @@ def _rules(tex: str, starts: list[int], ngroups: int) -> str:
         spans.append(rf"\cmidrule(lr){{{col}-{col + w - 1}}}")
         col += w
     lines.insert(top + 1, " ".join(spans))
+    return "\n".join(lines)
+
+
+def _row_title(tex: str, title: str) -> str:
+    """The rows' heading ("Method", "Loss") in the first cell of the last header line, as in Markdown."""
+    lines = tex.split("\n")
+    last = lines.index("\\midrule") - 1
+    if lines[last].startswith(" &"):
+        lines[last] = escape(title) + lines[last]
     return "\n".join(lines)
 
 

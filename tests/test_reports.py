@@ -122,6 +122,7 @@ def test_with_paper_and_final_metric(golden):
     md = to_markdown(build_table([suite], ["mnist"], runs), "under")
     assert "| DFAD | 134K | **0.983 ± 0.002** |\n| *paper* |  | *0.983* |" in md
     delta = to_latex(build_table([suite], ["mnist"], runs), "delta")
+    assert "\nMethod & FLOPs & Acc. & $\\Delta$" in delta
     assert r"DFAD & 134K & \bfseries 0.983 $\pm$ 0.002 & +0.000 \\" in delta
     final = to_markdown(build_table([suite], ["mnist"], runs, metric="final"))
     assert "the last of each run's evaluations" in final
@@ -139,6 +140,7 @@ def test_ablation_table(tmp_path):
     assert "| MAE | **0.975 ± 0.007** |\n| MSE | 0.955 ± 0.007 |\n| KLD | 0.910 ± 0.014 |" in md
     tex = to_latex(ablation_table([suite], tmp_path / "runs"))
     assert "MAE & \\bfseries 0.975 $\\pm$ 0.007 \\\\\nMSE & 0.955 $\\pm$ 0.007 \\\\" in tex
+    assert "\nLoss & Acc. \\\\\n\\midrule" in tex  # the rows' heading, as in Markdown
     compiles(tmp_path, standalone(tex))
     png = plots.ablation([suite], tmp_path / "runs", tmp_path / "out")
     assert_image(png)
