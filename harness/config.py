@@ -50,7 +50,9 @@ def _wrong_number(annotation, v) -> str | None:
     if isinstance(v, bool) and (whole or annotation is float):
         return "expected a number, not true/false"
     if isinstance(v, str) and whole:
-        return f"expected a whole number, not the string {v!r} (write it without quotes)"
+        quoted = v.strip().lstrip("+-").isdigit()  # "8": a number in quotes
+        return f"expected a whole number, not the string {v!r} (write it without quotes)" if quoted else \
+            "expected a whole number"
     if isinstance(v, (list, tuple)) and origin in (list, tuple) and args:
         return next((_in_list(why) for x in v if (why := _wrong_number(args[0], x))), None)
     if isinstance(v, dict) and origin is dict and len(args) == 2:
@@ -453,8 +455,31 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     if params_file:  # errors name both files: a key may come from either
         raw = deep_merge(raw, read_yaml(Path(params_file), "--params file"))
         source = f"{path} with --params {params_file}"
+    overridden = []
     for text in overrides:
-        apply_override(raw, *parse_override(text))
+        parts, value = parse_override(text)
+        apply_override(raw, parts, value)
+        overridden.append((".".join(parts), text.strip()))
+    try:
+        return _select_and_validate(raw, path, source, methods, seeds)
+    except HarnessError as e:
+        raise _blame_override(e, source, overridden) from None
+
+
+def _blame_override(e: HarnessError, source: str, overridden: list[tuple[str, str]]) -> HarnessError:
+    """An error at a key a command-line override set names that override, not the suite file."""
+    msg = str(e)
+    if not msg.startswith(source + ": "):
+        return e
+    rest = msg[len(source) + 2:]
+    loc = rest.split(":", 1)[0].split(" ", 1)[0]
+    for key, text in reversed(overridden):  # the last override of a key is the one that counts
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+            return HarnessError(f"override {text}: {rest}")
+    return e
+
+
+def _select_and_validate(raw: dict, path: Path, source: str, methods, seeds) -> Suite:
     default_methods = raw.pop("run_methods", None)  # a profile's default selection (e.g. CPU-sized)
     if default_methods is not None and not (isinstance(default_methods, list)
                                             and all(isinstance(m, str) for m in default_methods)):

@@ -86,6 +86,9 @@ def test_bad_config_is_one_line_error_naming_it(override, fragment):
         load_suite("mnist", "quick", [override])
     msg = str(e.value)
     assert fragment in msg and "\n" not in msg
+    key, loc = override.split("=")[0], (msg.split(": ") + [""])[1]
+    if loc == key or loc.startswith(key + "."):  # an error at the key an override set names the override
+        assert msg.startswith(f"override {override}: "), msg
 
 
 @pytest.mark.parametrize("key,shown", [("\n", "'\\n'"), ("a b", "'a b'"), ("", "''"), ("x.y", "'x.y'")])
