@@ -111,7 +111,7 @@ def test_golden_latex(golden):
     suite, runs = golden
     tex = to_latex(build_table([suite], ["mnist"], runs))
     assert TEX_BODY in tex
-    assert "\\toprule\n & \\multicolumn{2}{c}{MNIST} \\\\\n\\cmidrule(lr){2-3}\n & FLOPs & Acc. \\\\\n" in tex
+    assert "\\toprule\n & \\multicolumn{2}{c}{MNIST} \\\\\n\\cmidrule(lr){2-3}\nMethod & FLOPs & Acc. \\\\\n" in tex
     assert r"\textsuperscript{d}\,1 of 3 seeds did not finish: diverged: loss is nan" in tex
     assert r"\textsuperscript{a}\,could not run: USPS not under \$DFAD\_DATA" in tex
     assert r"mean $\pm$ std over n=2-3" in tex

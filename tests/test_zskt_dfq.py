@@ -101,10 +101,11 @@ def test_not_applicable_runs_are_reported_as_na_not_as_failures(tmp_path):
     suite = load_suite("mnist", "smoke", ["budget.iterations=2", "budget.eval_every=2", "runtime.device=cpu",
                                           "runtime.precision=fp32", "runtime.channels_last='off'"])
     teacher = FixedTeacher(build_model("lenet5").eval())
+    test = random_test_set((1, 32, 32))
     rd = Store(tmp_path, suite.name).run("dfq", 0)
     for _ in range(2):
         outcome = SuiteOutcome()
-        _run_one(suite, "dfq", 0, rd, teacher, random_test_set((1, 32, 32)), torch.device("cpu"),
+        _run_one(suite, "dfq", 0, rd, lambda: (teacher, test), torch.device("cpu"),
                  SuiteProgress(1, live=False), (), False, outcome)
         assert not outcome.failed and [m for m, _, _ in outcome.not_applicable] == ["dfq"]
         assert outcome.messages() == ["1 run(s) not applicable here, shown as n/a "
