@@ -43,14 +43,15 @@ def _wrong_number(annotation, v) -> str | None:
     if origin is typing.Annotated:
         return _wrong_number(args[0], v)
     if origin in (typing.Union, types.UnionType):
-        if any(_takes(a, type(v)) for a in args):
+        if any(_takes(a, type(v)) for a in args) or (isinstance(v, str) and float in args):  # int | float: 1e-4
             return None
         return next((why for a in args if (why := _wrong_number(a, v))), None)
     whole = annotation is int or (origin is Literal and all(type(a) is int for a in args))
     if isinstance(v, bool) and (whole or annotation is float):
         return "expected a number, not true/false"
     if isinstance(v, str) and whole:
-        quoted = v.strip().lstrip("+-").isdigit()  # "8": a number in quotes
+        digits = v.strip().lstrip("+-")
+        quoted = digits.isascii() and digits.isdigit()  # "8": a number in quotes
         return f"expected a whole number, not the string {v!r} (write it without quotes)" if quoted else \
             "expected a whole number"
     if isinstance(v, (list, tuple)) and origin in (list, tuple) and args:
@@ -474,8 +475,15 @@ def _blame_override(e: HarnessError, source: str, overridden: list[tuple[str, st
     rest = msg[len(source) + 2:]
     loc = rest.split(":", 1)[0].split(" ", 1)[0]
     for key, text in reversed(overridden):  # the last override of a key is the one that counts
-        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+        if loc == key or loc.startswith(key + "."):
             return HarnessError(f"override {text}: {rest}")
+    for key, text in reversed(overridden):  # a name check without a key ("unknown model 'x'") naming its value
+        names = [text.split("=", 1)[1].strip(), *key.split(".")[1:]]  # or a name in its key (methods.<name>.lr)
+        if any(n and f"'{n}'" in rest for n in names):
+            return HarnessError(f"override {text}: {rest}")
+    inside = [text for key, text in overridden if key.startswith(loc + ".")]
+    if inside:  # a check of a whole section (e.g. milestones within epochs): the file and the overrides together
+        return HarnessError(f"{source} with override {', '.join(inside)}: {rest}")
     return e
 
 

@@ -246,10 +246,26 @@ def _class_files(d: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _subfolder_stamps(class_dir: Path) -> list:
-    """(relative path, mtime) of a class folder's subfolders: adding or removing an image there changes them."""
-    return [(str(Path(top).relative_to(class_dir.parent)), Path(top).stat().st_mtime_ns)
-            for top, _, _ in sorted(os.walk(class_dir, followlinks=True))[1:]
+    """(relative path, mtime) of a class folder's subfolders, when any holds an image (adding or removing an
+    image there changes them); [] when none does, as before subfolders were read."""
+    subs = [(top, files) for top, _, files in sorted(os.walk(class_dir, followlinks=True))[1:]
             if not any(p.startswith(".") for p in Path(top).relative_to(class_dir).parts)]
+    if not any(_image_name(f) for _, files in subs for f in files):
+        return []
+    return [(str(Path(top).relative_to(class_dir.parent)), Path(top).stat().st_mtime_ns) for top, _ in subs]
+
+
+def _image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _has_image(d: Path) -> bool:
+    """Whether a class folder holds an image file, its subfolders included: stops at the first one."""
+    for top, dirs, files in os.walk(d, followlinks=True):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        if any(_image_name(f) and (Path(top) / f).is_file() for f in files):
+            return True
+    return False
 
 
 def decode_file(f: Path, channels: int) -> torch.Tensor:
@@ -323,7 +339,7 @@ def _register_folder(name: str, cfg) -> DatasetSpec:
     classes = sorted(p.name for p in train.iterdir() if p.is_dir())
     if not classes:
         raise MissingDataError(f"dataset {name!r}: no class folders under {train} ({layout})")
-    empty = [c for c in classes if not _class_files(train / c)[0]]
+    empty = [c for c in classes if not _has_image(train / c)]
     if empty:  # an extra output for a class with no images; often a copy still running
         raise HarnessError(f"dataset {name!r}: class folder(s) {', '.join(empty[:3])} under {train} have no images")
     test = folder / "test"
@@ -500,8 +516,9 @@ class TensorBatches:
         return {"gen": self.gen.get_state(), "perm": self._perm, "pos": self._pos}
 
     def load_state_dict(self, s):
-        self.gen.set_state(s["gen"])
-        self._perm, self._pos = s["perm"], s["pos"]
+        self.gen.set_state(s["gen"].cpu())  # a CPU generator, whatever device the state was loaded onto
+        self._perm = s["perm"].to(self.data.x.device) if s["perm"] is not None else None
+        self._pos = s["pos"]
 
 
 class LoaderBatches:

@@ -401,7 +401,9 @@ def _nothing_to_do(suite: Suite, rd: RunDir, method: str, seed: int) -> bool:
     s = rd.summary() or {}
     if s.get("status") == "failed" and s.get("retry") is False:
         return same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))
-    return s.get("status") == "done" and not finished_elsewise(suite, rd, method, seed) and not rd.incomplete()
+    # a finished run that lost a file is rebuilt from its checkpoint (the teacher is needed), or kept as it is
+    return (s.get("status") == "done" and not finished_elsewise(suite, rd, method, seed)
+            and not (rd.incomplete() and rd.checkpoint.is_file()))
 
 
 def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callbacks, force, outcome):

@@ -176,17 +176,25 @@ def draw_subset(data: ImageTensors, n: int, seed: int) -> ImageTensors:
     return ImageTensors(data.x[keep], data.y[keep], data.mean, data.std, data.metric)
 
 
-def _read_resume(path: Path | None, device, log) -> dict | None:
-    """The state an interrupted training left after its last finished epoch, or None."""
+def _read_resume(path: Path | None, model: nn.Module, log) -> dict | None:
+    """The state an interrupted training left after its last finished epoch, or None (read on the CPU; the
+    loads below move it to the model's device)."""
     if path is None or not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(state, dict) or not {"model", "opt", "sched", "batches", "rng", "epoch"} <= set(state):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        need = {"model", "opt", "sched", "batches", "rng", "epoch", "epochs", "acc", "elapsed_s"}
+        if not isinstance(state, dict) or not need <= set(state):
             raise ValueError("not a teacher training checkpoint")
+        ours = model.state_dict()
+        if {k: tuple(v.shape) for k, v in state["model"].items()} != {k: tuple(v.shape) for k, v in ours.items()}:
+            raise ValueError("its weights do not fit this teacher")
+        if not 0 < state["epoch"] < state["epochs"]:
+            raise ValueError(f"epoch {state['epoch']} of {state['epochs']}")
         return state
     except Exception as e:  # a truncated or foreign file: start afresh rather than fail the suite
-        log(f"warning: cannot resume the teacher from {path} ({type(e).__name__}); training it from the start")
+        log(f"warning: cannot resume the teacher from {path} ({type(e).__name__}: {str(e)[:80]}); "
+            f"training it from the start")
         return None
 
 
@@ -232,7 +240,7 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
 
     t0 = time.perf_counter()
     epochs, start, before_s = recipe.epochs, 0, 0.0
-    resume = _read_resume(checkpoint, device, log)
+    resume = _read_resume(checkpoint, model, log)
     if resume:  # the epochs planned then (a time budget's choice included), not a new probe's
         epochs, start, before_s = resume["epochs"], resume["epoch"], resume["elapsed_s"]
     elif recipe.time_budget_s:

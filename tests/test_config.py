@@ -87,8 +87,9 @@ def test_bad_config_is_one_line_error_naming_it(override, fragment):
     msg = str(e.value)
     assert fragment in msg and "\n" not in msg
     key, loc = override.split("=")[0], (msg.split(": ") + [""])[1]
-    if loc == key or loc.startswith(key + "."):  # an error at the key an override set names the override
-        assert msg.startswith(f"override {override}: "), msg
+    if loc == key or loc.startswith(key + ".") or override in ("dataset=mnits", "student.name=lenet",
+                                                               "methods.dfadd.lr_S=1"):
+        assert msg.startswith(f"override {override}: "), msg  # the override is named, not the suite file
 
 
 @pytest.mark.parametrize("key,shown", [("\n", "'\\n'"), ("a b", "'a b'"), ("", "''"), ("x.y", "'x.y'")])
@@ -157,9 +158,19 @@ def test_booleans_stay_valid_where_a_setting_is_one():
     assert s.runtime.compile is True and s.runtime.channels_last == "off" and s.teacher.recipe.milestones == [5]
 
 
+def test_a_section_check_names_the_file_and_the_overrides_in_it():
+    """milestones from the file, epochs from an override: both are to blame, and the message says so."""
+    with pytest.raises(HarnessError) as e:
+        load_suite("mnist", "paper", ["teacher.recipe.schedule=multistep", "teacher.recipe.milestones=[5]",
+                                      "budget.iterations=10", "teacher.recipe.epochs=3"])
+    assert str(e.value).startswith(f"{suite_path('mnist')} with override teacher.recipe.schedule=multistep, "
+                                   "teacher.recipe.milestones=[5], teacher.recipe.epochs=3: teacher.recipe:")
+
+
 def test_floats_written_as_yaml_reads_them_still_load():
     """PyYAML reads `1e-3` (no dot) as a string: float fields keep taking it; whole numbers as numbers load."""
     s = load_suite("mnist", "quick", ["methods.dfad.lr_S=1e-3", "teacher.recipe.lr=5e-2",
                                       "methods.dfad.batch_size=8"])
     assert s.method_params("dfad").lr_S == 1e-3 and s.teacher.recipe.lr == 5e-2
     assert s.method_params("dfad").batch_size == 8
+    assert load_suite("mnist", "smoke", ["search.dfad.lr_S.low=1e-4"]).search["dfad"]["lr_S"].low == 1e-4

@@ -223,6 +223,12 @@ def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_
     stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") for p in sorted((folder / split).iterdir())]
     before = hashlib.sha256(json.dumps([str(folder), [32, 32], 1, classes, stamps]).encode()).hexdigest()[:12]
     assert flat == before  # the formula every earlier cache, teacher and run was keyed by
+    (folder / "train" / "digit3" / "empty").mkdir()  # subfolders without images: the images read are the same
+    (folder / "test" / "digit3" / "notes").mkdir()
+    (folder / "test" / "digit3" / "notes" / "readme.txt").write_text("x")
+    stamps = [(p.name, p.stat().st_mtime_ns) for split in ("train", "test") for p in sorted((folder / split).iterdir())]
+    before = hashlib.sha256(json.dumps([str(folder), [32, 32], 1, classes, stamps]).encode()).hexdigest()[:12]
+    assert _fingerprint(folder, (32, 32), 1) == before
 
     d = folder / "train" / "digit5"
     (d / "session b").mkdir()

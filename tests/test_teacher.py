@@ -236,16 +236,36 @@ def test_interrupted_teacher_resumes_from_its_last_epoch_bit_for_bit(tmp_path, s
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-def test_a_damaged_teacher_checkpoint_trains_from_the_start(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "keys missing", "another model", "past its end"])
+def test_a_damaged_teacher_checkpoint_trains_from_the_start(tmp_path, damage):
+    """A training.pt that cannot be resumed (truncated; loadable but lacking keys; another model's weights; an
+    epoch past the planned ones) is named and set aside: the teacher trains from epoch 1, no traceback."""
     from harness.config import TeacherRecipe
     from harness.teacher import train_teacher
 
     ckpt = tmp_path / "training.pt"
-    ckpt.write_bytes(b"\x00" * 10)
-    lines = []
+    recipe = TeacherRecipe(epochs=2, batch_size=16, lr=0.05, precision="fp32")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DFAD_DATA", str(tmp_path))
-        _, _, _, epochs = train_teacher(_tiny_net(), _tiny_spec(), TeacherRecipe(epochs=2, batch_size=16, lr=0.05,
-                                        precision="fp32"), torch.device("cpu"), log=lines.append, checkpoint=ckpt)
-    assert epochs == 2 and any("cannot resume the teacher" in line for line in lines)
+        if damage == "truncated":
+            ckpt.write_bytes(b"\x00" * 10)
+        else:
+            def stop(line):
+                if line.startswith("teacher epoch 1/"):
+                    raise KeyboardInterrupt
+            with pytest.raises(KeyboardInterrupt):
+                train_teacher(_tiny_net(), _tiny_spec(), recipe, torch.device("cpu"), log=stop, checkpoint=ckpt)
+            state = torch.load(ckpt, weights_only=True)
+            if damage == "keys missing":
+                del state["elapsed_s"]
+            elif damage == "another model":
+                state["model"] = torch.nn.Linear(3, 3).state_dict()
+            else:
+                state["epoch"] = 5
+            torch.save(state, ckpt)
+        lines = []
+        _, _, _, epochs = train_teacher(_tiny_net(), _tiny_spec(), recipe, torch.device("cpu"), log=lines.append,
+                                        checkpoint=ckpt)
+    assert epochs == 2 and any("cannot resume the teacher" in line for line in lines), lines
     assert sum(line.startswith("teacher epoch") for line in lines) == 2
+
