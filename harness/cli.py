@@ -328,7 +328,7 @@ def ls():
 
 
 from .tune import tune_command  # noqa: E402  (tune.py imports cli only inside the command: no cycle)
-app.command("tune")(tune_command)
+app.command("tune")(guarded(tune_command))
 
 
 def main():

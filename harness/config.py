@@ -556,6 +556,14 @@ def check_search(suite: Suite) -> None:
                     suite.method_class(name).Params.model_validate({**base, key: v})
                 except ValidationError as e:
                     raise HarnessError(f"search.{name}.{key}: {v!r} is not valid ({one_line(e)})") from None
+            if sp.choices is None and not sp.is_int:  # a real range draws fractions: the field must take them
+                inside = sp.low + 0.37 * (sp.high - sp.low)
+                try:
+                    suite.method_class(name).Params.model_validate({**base, key: inside})
+                except ValidationError:
+                    raise HarnessError(f"search.{name}.{key}: low {sp.low!r} and high {sp.high!r} make a range of "
+                                       f"real numbers, and {key} takes whole numbers (e.g. not {inside:.3g}); write "
+                                       f"both bounds (and step) as integers") from None
 
 
 def _key(part) -> str:

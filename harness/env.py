@@ -107,6 +107,15 @@ def versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "dfad_bench": __version__}
 
 
+def thread_count(n: int | None = None) -> int:
+    """The threads a process uses: the suite's setting, else OMP_NUM_THREADS, else every core."""
+    try:
+        omp = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        omp = 0
+    return n or (omp if omp > 0 else 0) or os.cpu_count() or 1
+
+
 def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)

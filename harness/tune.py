@@ -180,16 +180,24 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     st = optuna.load_study(study_name=study, storage=open_storage(storage, Path(runs_dir), study), sampler=sampler,
                            pruner=make_pruner(pruner, suite, n_trials))
-    st.optimize(lambda t: run_trial(t, suite, method, teacher, fit, val, device, Path(runs_dir), study),
-                n_trials=n_trials, catch=(HarnessError,))
+    try:
+        st.optimize(lambda t: run_trial(t, suite, method, teacher, fit, val, device, Path(runs_dir), study),
+                    n_trials=n_trials, catch=(HarnessError,))
+    except KeyboardInterrupt:  # the trial is recorded failed by optuna; the parent says what happened, once
+        if mp.parent_process() is None:
+            raise
+        sys.exit(130)
 
 
 def tune(suite, method: str, trials: int, storage: str | None = None, study: str | None = None, jobs: int = 1,
-         pruner: str = "median", runs_dir: str | Path = "runs", seed: int = 0, log=print) -> dict:
+         pruner: str = "median", runs_dir: str | Path = "runs", seed: int = 0, log=print,
+         suite_arg: str | None = None) -> dict:
     import optuna
 
     from . import env
+    from .config import folder_name
     from .runner import config_difference
+    from .store import Store, read_json
     from .teacher import ensure_teacher
     from .tracking import redact
 
@@ -202,6 +210,16 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
         raise HarnessError("--trials and --jobs must be at least 1")
     runs_dir = Path(runs_dir).resolve()
     study = study or f"{suite.name}-{method}-{suite.profile}"
+    try:
+        folder_name("study", study)
+    except ValueError as e:
+        raise HarnessError(f"--study: {e}") from None
+    Store(runs_dir, "tune").ensure_writable()
+    out, label = runs_dir / "tune" / study, redact(storage or "journal")
+    earlier = (read_json(out / "study.json") or {}).get("storage")
+    if earlier not in (None, label):  # another study of this name, in another storage, wrote this folder
+        raise HarnessError(f"{out} holds study {study} from storage {earlier}, not {label}; give --study another "
+                           f"name (or --runs-dir another folder) to keep both")
     make_pruner(pruner, suite, trials)  # a bad --pruner fails here, not in every worker
     st = optuna.create_study(study_name=study, storage=open_storage(storage, runs_dir, study), direction="maximize",
                              load_if_exists=True)
@@ -231,7 +249,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     env.apply_runtime(suite.runtime)
     ensure_teacher(suite, runs_dir, env.runtime_device(suite.runtime), log)  # once, before workers race on it
     jobs = min(jobs, trials)
-    threads = max(1, (suite.runtime.threads or os.cpu_count() or 1) // jobs)
+    threads = max(1, env.thread_count(suite.runtime.threads) // jobs)  # OMP_NUM_THREADS as `run` reads it
     shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
     args = [(suite.model_dump(mode="json"), method, study, storage, n, seed + i, pruner, str(runs_dir), threads)
             for i, n in enumerate(shares)]
@@ -240,18 +258,40 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
         worker(*args[0])
     else:  # spawn, not fork: torch's threads and optuna's connections do not survive a fork
         procs = [mp.get_context("spawn").Process(target=worker, args=a, daemon=False) for a in args]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+        try:
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+        finally:  # stopped (Ctrl-C reaches the workers too; SIGTERM only this process): no worker goes on alone
+            stop_workers(procs)
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
             log(f"warning: {len(bad)} worker(s) exited with {bad}")
     return finish(optuna.load_study(study_name=study, storage=open_storage(storage, runs_dir, study)),
-                  method, runs_dir / "tune" / study, redact(storage or "journal"), log)
+                  method, out, label, log, apply=f"dfad-bench run {suite_arg or suite.name} --profile "
+                  f"{suite.profile} --methods {method} --params {out / 'best.yaml'}")
 
 
-def finish(st, method: str, out: Path, storage: str, log=print) -> dict:
+def stop_workers(procs, grace_s: float = 60.0) -> None:
+    """Workers still running get SIGINT (their trial is recorded failed), then SIGTERM after grace_s."""
+    import signal
+
+    alive = [p for p in procs if p.pid is not None and p.is_alive()]
+    for p in alive:
+        try:
+            os.kill(p.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for p in alive:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.terminate()
+            p.join()
+
+
+def finish(st, method: str, out: Path, storage: str, log=print, apply: str | None = None) -> dict:
     """best.yaml (an overlay for `run --params`), study.json and the plots, in <runs-dir>/tune/<study>/."""
     import optuna
     import yaml
@@ -271,7 +311,7 @@ def finish(st, method: str, out: Path, storage: str, log=print) -> dict:
     (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "best.yaml").write_text(
         f"# dfad-bench tune: study {st.study_name}, trial {best.number}, val acc {best.value:.4f}\n"
-        f"# apply with: dfad-bench run SUITE --methods {method} --params {out / 'best.yaml'}\n"
+        f"# apply with: {apply or f'dfad-bench run SUITE --methods {method} --params ' + str(out / 'best.yaml')}\n"
         + yaml.safe_dump({"methods": {method: best.params}}, sort_keys=True))
     plots(st, out, log)
     log(f"best val acc {best.value:.4f} (trial {best.number}): {best.params}; {counts}")
@@ -312,16 +352,17 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
                  profile: Optional[str] = typer.Option(None, "--profile", "-p", help="paper, or one of the suite's profiles (quick, smoke, ...)"),
                  jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes on this machine"),
                  pruner: str = typer.Option("median", "--pruner", help="median | hyperband"),
-                 seed: int = typer.Option(0, "--seed", help="sampler seed (worker i uses seed + i; a resumed study adds 1000 x its trial count)"),
+                 seed: int = typer.Option(0, "--seed", help="sampler seed (worker i uses seed + i; a resumed study adds "
+                                          "1000 x its trial count; separate tune commands started together on one "
+                                          "study need different seeds, or they draw the same first points)"),
                  runs_dir: Path = RUNS_DIR):
     """Tune a method's hyperparameters on a held-out validation split; writes a --params overlay."""
-    from .cli import _load, fail
+    from .cli import _load
 
-    try:
+    try:  # errors, SIGTERM and full disks: cli's `guarded`, which wraps this command
         s = _load(suite, profile, overrides, methods=method)  # even if the profile's run_methods leave it out
-        tune(s, method, trials, storage, study, jobs, pruner, runs_dir, seed, log=lambda m: typer.echo(m, err=True))
-    except HarnessError as e:
-        fail(str(e), e.exit_code)
+        tune(s, method, trials, storage, study, jobs, pruner, runs_dir, seed, log=lambda m: typer.echo(m, err=True),
+             suite_arg=suite)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished trials are in the study; rerun to add more", err=True)
         raise typer.Exit(130)

@@ -47,6 +47,9 @@ def test_two_workers_share_a_journal_and_lose_no_trial(runs):
     out = runs / "tune" / "mnist-dfad-smoke"
     assert (out / "optimization_history.png").stat().st_size > 0
     best = yaml.safe_load((out / "best.yaml").read_text())
+    # its hint reruns at the size it was tuned at
+    assert f"# apply with: dfad-bench run mnist --profile smoke --methods dfad --params {out / 'best.yaml'}" in \
+        (out / "best.yaml").read_text()
     assert best == {"methods": {"dfad": study.best_params}}
     # (command-line overrides apply after --params, so none here)
     tuned = load_suite("mnist", "smoke", params_file=str(out / "best.yaml")).method_params("dfad")
@@ -111,6 +114,47 @@ def test_storage_and_search_errors_are_one_line(tmp_path):
         load_suite("mnist", "smoke", ["search.dfad.lr_X.low=1", "search.dfad.lr_X.high=2"])
     with pytest.raises(HarnessError, match="search.dfad.lr_S.*low 0.1 must be below high"):
         load_suite("mnist", "smoke", ["search.dfad.lr_S.low=0.1", "search.dfad.lr_S.high=0.01"])
+    # a real range over a whole-number hyperparameter failed every trial; now it is refused up front
+    with pytest.raises(HarnessError, match="search.dfad.k: low 1 and high 10.0 make a range of real numbers"):
+        load_suite("mnist", "smoke", ["search.dfad.k.high=10.0"])
+    for name in ("../escape", "a b/x", ".hidden"):  # a study's name becomes folders under the runs dir
+        with pytest.raises(HarnessError, match="--study: study name"):
+            tune(suite, "dfad", 1, study=name, runs_dir=tmp_path)
+    assert not (tmp_path.parent / "escape.journal").exists()
+    res = CliRunner().invoke(app, ["tune", "mnist", "--method", "dfad", "--profile", "smoke", "--runs-dir",
+                                   "/proc/nope", *TINY])
+    assert res.exit_code == 2 and res.output.startswith("error: runs dir /proc/nope is not writable"), res.output
+
+
+def test_tune_threads_follow_omp_num_threads(monkeypatch):
+    from harness.env import thread_count
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert thread_count() == 1 and thread_count(3) == 3  # the suite's runtime.threads first
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    import os
+    assert thread_count() == os.cpu_count()
+
+
+def _sleep_long():
+    import time
+    time.sleep(120)
+
+
+def test_stopped_tune_stops_its_workers():
+    """SIGTERM reaches only the parent: its workers are interrupted too, not left running their trials."""
+    import multiprocessing as mp
+    import time
+
+    from harness.tune import stop_workers
+
+    procs = [mp.get_context("spawn").Process(target=_sleep_long) for _ in range(2)]
+    for p in procs:
+        p.start()
+    time.sleep(3)  # spawned and sleeping
+    t0 = time.monotonic()
+    stop_workers(procs, grace_s=30)
+    assert not any(p.is_alive() for p in procs) and time.monotonic() - t0 < 30  # SIGINT did it, not the grace
 
 
 def test_run_with_the_local_launcher(runs):
@@ -154,6 +198,9 @@ def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
     longer = load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "budget.iterations=6"])
     with pytest.raises(HarnessError, match=r"another config \(budget.iterations differs\).*--study a new name"):
         tune(longer, "dfad", 1, runs_dir=runs)
+    # a study of the same name in another storage would overwrite this one's best.yaml and study.json
+    with pytest.raises(HarnessError, match="holds study mnist-dfad-smoke from storage journal, not sqlite"):
+        tune(suite, "dfad", 1, storage=f"sqlite:///{runs}/other.db", runs_dir=runs)
     # the searched parameters are not part of a study's config: another batch size choice still extends it
     tune(load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "methods.dfad.batch_size=16"]),
          "dfad", 1, runs_dir=runs, log=lambda *_: None)
