@@ -39,9 +39,12 @@ def resolve_mode(cfg: WandbCfg) -> str:
         return cfg.mode
     if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
         return "disabled"
-    env = os.environ.get("WANDB_MODE", "").lower()
-    return {"dryrun": "offline", "run": "online"}.get(env, env) if env in (
-        "online", "offline", "disabled", "dryrun", "run") else "offline"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if not env:
+        return "offline"
+    if env not in ("online", "offline", "disabled", "dryrun", "run"):  # a typo is not silently "offline"
+        raise HarnessError(f"WANDB_MODE={os.environ['WANDB_MODE']!r}: choose online, offline or disabled")
+    return {"dryrun": "offline", "run": "online"}.get(env, env)
 
 
 def redact(obj):

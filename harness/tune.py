@@ -76,12 +76,31 @@ def open_storage(url: str | None, runs_dir: Path, study: str):
                     time.sleep(0.5 + attempt)
         path = Path(label)
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_journal(path)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    except HarnessError:
+        raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         if isinstance(e, ImportError):  # SQLAlchemy's PostgreSQL driver is psycopg 3
             first = f"no database driver for it; pip install -e '.[distributed]' ({first[:80]})"
         raise HarnessError(f"--storage {redact(label)}: cannot open ({type(e).__name__}: {redact(first)})") from None
+
+
+def check_journal(path: Path) -> None:
+    """An existing file given as a journal must be one (JSON records, one per line): optuna would append its
+    records to any other file, and fail on it."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        ok = isinstance(json.loads(first), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise HarnessError(f"--storage {path}: not an Optuna journal file (its first line is not a JSON record); "
+                           f"give a new file name or a database URL")
 
 
 def make_pruner(kind: str, suite, trials: int):
@@ -215,6 +234,8 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     except ValueError as e:
         raise HarnessError(f"--study: {e}") from None
     Store(runs_dir, "tune").ensure_writable()
+    if storage and "://" not in storage:  # a journal file: recorded where it is, not how it was spelled
+        storage = str(Path(storage).expanduser().resolve())
     out, label = runs_dir / "tune" / study, redact(storage or "journal")
     earlier = (read_json(out / "study.json") or {}).get("storage")
     if earlier not in (None, label):  # another study of this name, in another storage, wrote this folder
@@ -239,6 +260,11 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     config.get("dataset_def", {}).pop("files", None)
     config.get("dataset_def", {}).pop("folder", None)
     config.get("teacher", {}).pop("checkpoint", None)
+    precision = str(run.get("runtime", {}).get("precision"))  # a bf16 trial does not rank against an fp32 one
+    if (earlier := st.user_attrs.get("precision", precision)) != precision:
+        raise HarnessError(f"study {study} was run with runtime.precision={earlier}, not {precision}; its trials "
+                           f"cannot be compared with new ones: give --study a new name")
+    st.set_user_attr("precision", precision)
     if (stored := st.user_attrs.get("config")) is not None and (key := config_difference(stored, config, ())):
         raise HarnessError(f"study {study} was run with another config ({key} differs); its trials cannot be "
                            f"compared with new ones: give --study a new name")

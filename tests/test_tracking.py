@@ -111,3 +111,18 @@ def test_tracking_section_is_validated():
         load_suite("mnist", "smoke", ["tracking.wandb.mode=sometimes"])
     with pytest.raises(HarnessError, match="tracking.wandb.colour: unknown key"):
         load_suite("mnist", "smoke", ["tracking.wandb.colour=red"])
+
+
+def test_a_mistyped_wandb_mode_is_an_error_not_offline(monkeypatch):
+    from harness.config import WandbCfg
+    from harness.errors import HarnessError
+    from harness.tracking import resolve_mode
+
+    monkeypatch.delenv("WANDB_DISABLED", raising=False)
+    for env, mode in (("dryrun", "offline"), ("run", "online"), ("Disabled", "disabled"), ("", "offline")):
+        monkeypatch.setenv("WANDB_MODE", env)
+        assert resolve_mode(WandbCfg()) == mode
+    monkeypatch.setenv("WANDB_MODE", "onlne")
+    with pytest.raises(HarnessError, match="WANDB_MODE='onlne': choose online, offline or disabled"):
+        resolve_mode(WandbCfg())
+    assert resolve_mode(WandbCfg(mode="disabled")) == "disabled"  # the suite's own setting wins

@@ -126,6 +126,17 @@ def test_storage_and_search_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and res.output.startswith("error: runs dir /proc/nope is not writable"), res.output
 
 
+def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path):
+    from harness.tune import open_storage
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(HarnessError, match="not an Optuna journal file"):
+        open_storage(str(notes), tmp_path, "s")
+    assert notes.read_text() == "my notes\n"  # optuna once appended its records to it
+    open_storage(str(tmp_path / "new.journal"), tmp_path, "s")  # a new file, or a journal, still opens
+
+
 def test_tune_threads_follow_omp_num_threads(monkeypatch):
     from harness.env import thread_count
 
@@ -198,6 +209,8 @@ def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
     longer = load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "budget.iterations=6"])
     with pytest.raises(HarnessError, match=r"another config \(budget.iterations differs\).*--study a new name"):
         tune(longer, "dfad", 1, runs_dir=runs)
+    with pytest.raises(HarnessError, match="runtime.precision=fp32, not bf16"):
+        tune(load_suite("mnist", "smoke", TINY + SPACE + ["runtime.precision=bf16"]), "dfad", 1, runs_dir=runs)
     # a study of the same name in another storage would overwrite this one's best.yaml and study.json
     with pytest.raises(HarnessError, match="holds study mnist-dfad-smoke from storage journal, not sqlite"):
         tune(suite, "dfad", 1, storage=f"sqlite:///{runs}/other.db", runs_dir=runs)
