@@ -195,6 +195,16 @@ CASES = [
     Case("report: bad --metric", ["report", "mnist", "--metric", "worst", *R]),
     Case("tune: unreachable storage URL", ["tune", "mnist", "--method", "dfad", "--profile", "smoke",
                                            "--storage", "postgresql://nobody@127.0.0.1:1/x", "--runs-dir", "{t}/tune"]),
+    Case("quoted whole number in a suite file", ["run", "{t}/s.yaml", *SMOKE, *R],
+         setup=suite_file(GOOD_SUITE.replace("recipe: {epochs: 10, batch_size: 256,", 'recipe: {epochs: 10, batch_size: "256",'))),
+    Case("mistyped WANDB_MODE", ["run", "mnist", *SMOKE, "--seeds", "1", *R], env={"WANDB_MODE": "onlne"}),
+    Case("tune: a notes file as --storage", ["tune", "mnist", "--method", "dfad", "--profile", "smoke",
+                                             "--storage", "{t}/notes.txt", "--runs-dir", "{t}/tune"],
+         setup=lambda t: (t / "notes.txt").write_text("my notes\n")),
+    Case("tune: a study name that leaves the runs dir", ["tune", "mnist", "--method", "dfad", "--profile", "smoke",
+                                                         "--study", "../escape", "--runs-dir", "{t}/tune"]),
+    Case("tune: a real range over a whole-number hyperparameter",
+         ["tune", "mnist", "--method", "dfad", "--profile", "smoke", "search.dfad.k.high=10.0", "--runs-dir", "{t}/tune"]),
 ]
 
 
