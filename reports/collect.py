@@ -76,6 +76,8 @@ def runs_frame(runs_dir: str | Path, suite_name: str) -> pd.DataFrame:
         if s is None and rd.summary_path.exists():
             s = {"status": "failed", "reason": "summary.json unreadable (run the suite again to rebuild it)"}
         if s:
+            if s.get("status") == "done" and (why := _disagrees_with_metrics(rd, s)):
+                warn_once(f"warning: {rd.path}: {why}; the table shows summary.json's")
             rows.append({"method": rd.method, "seed": rd.seed, "path": str(rd.path),
                          **{k: s.get(k) for k in ("status", "best_acc", "final_acc", "student_macs", "reason",
                                                   "unavailable", "data_free", "profile", "wall_time_s", "teacher_acc")},
@@ -83,6 +85,26 @@ def runs_frame(runs_dir: str | Path, suite_name: str) -> pd.DataFrame:
     cols = ["method", "seed", "path", "status", "best_acc", "final_acc", "student_macs", "reason", "unavailable",
             "data_free", "profile", "wall_time_s", "teacher_acc", "config"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _disagrees_with_metrics(rd: RunDir, s: dict) -> str | None:
+    """Whether summary.json's best/final accuracy differs from the evaluations in metrics.csv (a hand edit, or a
+    file copied from another run): the table would print a number no evaluation measured."""
+    import csv
+
+    try:
+        with open(rd.metrics, newline="") as f:
+            accs = [float(r["test_acc"]) for r in csv.DictReader(f)]
+    except (OSError, KeyError, TypeError, ValueError, csv.Error):
+        return None  # a missing or damaged metrics.csv is said elsewhere (repair, curves)
+    if not accs:
+        return None
+    for key, measured in (("best_acc", max(accs)), ("final_acc", accs[-1])):
+        v = s.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isclose(v, measured, rel_tol=1e-6,
+                                                                                          abs_tol=1e-9):
+            return f"summary.json's {key} {v:.4f} is not what metrics.csv's evaluations give ({measured:.4f})"
+    return None
 
 
 def teacher_summary(runs_dir: str | Path, suite_name: str) -> dict:

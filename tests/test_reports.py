@@ -400,3 +400,22 @@ def test_latex_keeps_double_hyphens_and_angle_brackets():
     from reports.latex import escape
 
     assert escape("--runs-dir ---x <class>") == r"-{}-runs-dir -{}-{}-x \textless{}class\textgreater{}"
+
+
+def test_a_summary_that_disagrees_with_its_evaluations_is_named(golden, capsys):
+    """A best_acc edited by hand (or a summary copied from another run) would go into a paper table unchecked;
+    the report names the run and both numbers."""
+    import json
+
+    from reports import collect
+
+    suite, runs = golden
+    collect._warned.clear()
+    build_table([suite], ["mnist"], runs)
+    assert "is not what metrics.csv" not in capsys.readouterr().err  # the store as written: consistent
+    p = runs / "mnist" / "dfad" / "seed-1" / "summary.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "best_acc": 0.999}))
+    build_table([suite], ["mnist"], runs)
+    err = capsys.readouterr().err
+    assert f"warning: {p.parent}: summary.json's best_acc 0.9990 is not what metrics.csv's evaluations give " \
+           "(0.9830); the table shows summary.json's" in err
