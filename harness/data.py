@@ -176,19 +176,23 @@ def _image_folder(root: Path, classes: list[str] | None = None, hw: tuple[int, i
                   channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """`<root>/<class>/<image>` decoded: labels follow `classes` (default: root's subfolders, sorted; a
     subfolder not among them is an error), images resized to `hw` where given, 1 or 3 channels."""
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    found = _class_dirs(root)
     classes = found if classes is None else classes
     extra = sorted(set(found) - set(classes))
     if extra:
         raise HarnessError(f"{root}: class folder(s) {', '.join(extra[:3])} not in the training classes")
-    xs, ys, skipped = [], [], []
+    xs, ys, skipped, nested = [], [], [], 0
     for label, c in enumerate(classes):
         images, others = _class_files(root / c)
         skipped += others
+        nested += sum(f.parent != root / c for f in images)
         for f in images:
             img = decode_file(f, channels)
             xs.append(img if hw is None or tuple(img.shape[-2:]) == hw else resize(img[None], hw)[0])
             ys.append(label)
+    if nested:  # said: before, subfolders were skipped, and a user may keep rejects in one
+        print(f"note: {root}: {nested} image(s) in subfolders of class folders read as their class's (as "
+              f"ImageFolder reads them)", file=sys.stderr)
     if skipped:  # said, so that images under a name the list lacks are not lost unnoticed
         print(f"note: {root}: {len(skipped)} file(s) not named as images skipped (e.g. {skipped[0].name}; "
               f"read: {', '.join(IMAGE_SUFFIXES)})", file=sys.stderr)
@@ -229,15 +233,43 @@ def _is_image_file(f: Path) -> bool:
     return f.is_file() and not _os_file(f) and f.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _walk(d: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A folder and its subfolders as (folder, its file names sorted), in os.walk's order, following symlinks as
+    ImageFolder does but entering each real folder once, and none of `d`'s own parents (a link to `.` or `..`
+    would loop), hidden folders (e.g. Jupyter's .ipynb_checkpoints) left out."""
+    above = set()
+    for p in Path(d).resolve().parents:
+        try:
+            st = p.stat()
+            above.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    seen = set()
+    for top, dirs, files in os.walk(d, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen or (st.st_dev, st.st_ino) in above:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        yield Path(top), sorted(files)
+
+
+def _class_dirs(split: Path) -> list[str]:
+    """The class folders of a split folder, sorted; hidden ones (.ipynb_checkpoints) are not classes."""
+    return sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _class_files(d: Path) -> tuple[list[Path], list[Path]]:
     """A class folder's image files, in its subfolders too, in ImageFolder's order (the folder's own files
-    sorted, then each subfolder's), and the other files there (skipped). Hidden folders (e.g. Jupyter's
-    .ipynb_checkpoints) are left out, as hidden files are."""
+    sorted, then each subfolder's), and the other files there (skipped)."""
     images, others = [], []
-    for top, dirs, files in sorted(os.walk(d, followlinks=True)):
-        if any(part.startswith(".") for part in Path(top).relative_to(d).parts):
-            continue
-        for f in (Path(top) / name for name in sorted(files)):
+    for top, files in sorted(_walk(d), key=lambda t: str(t[0])):
+        for f in (top / name for name in files):
             if _is_image_file(f):
                 images.append(f)
             elif f.is_file() and not _os_file(f):
@@ -248,11 +280,10 @@ def _class_files(d: Path) -> tuple[list[Path], list[Path]]:
 def _subfolder_stamps(class_dir: Path) -> list:
     """(relative path, mtime) of a class folder's subfolders, when any holds an image (adding or removing an
     image there changes them); [] when none does, as before subfolders were read."""
-    subs = [(top, files) for top, _, files in sorted(os.walk(class_dir, followlinks=True))[1:]
-            if not any(p.startswith(".") for p in Path(top).relative_to(class_dir).parts)]
+    subs = sorted(_walk(class_dir), key=lambda t: str(t[0]))[1:]
     if not any(_image_name(f) for _, files in subs for f in files):
         return []
-    return [(str(Path(top).relative_to(class_dir.parent)), Path(top).stat().st_mtime_ns) for top, _ in subs]
+    return [(str(top.relative_to(class_dir.parent)), top.stat().st_mtime_ns) for top, _ in subs]
 
 
 def _image_name(name: str) -> bool:
@@ -261,11 +292,7 @@ def _image_name(name: str) -> bool:
 
 def _has_image(d: Path) -> bool:
     """Whether a class folder holds an image file, its subfolders included: stops at the first one."""
-    for top, dirs, files in os.walk(d, followlinks=True):
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        if any(_image_name(f) and (Path(top) / f).is_file() for f in files):
-            return True
-    return False
+    return any(_image_name(f) and (top / f).is_file() for top, files in _walk(d) for f in files)
 
 
 def decode_file(f: Path, channels: int) -> torch.Tensor:
@@ -336,7 +363,7 @@ def _register_folder(name: str, cfg) -> DatasetSpec:
     train = folder / "train"
     if not train.is_dir():
         raise MissingDataError(f"dataset {name!r}: no folder {train} ({layout})")
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    classes = _class_dirs(train)
     if not classes:
         raise MissingDataError(f"dataset {name!r}: no class folders under {train} ({layout})")
     empty = [c for c in classes if not _has_image(train / c)]
@@ -345,7 +372,7 @@ def _register_folder(name: str, cfg) -> DatasetSpec:
     test = folder / "test"
     if not test.is_dir():
         raise MissingDataError(f"dataset {name!r}: no folder {test} ({layout})")
-    extra = sorted({p.name for p in test.iterdir() if p.is_dir()} - set(classes))
+    extra = sorted(set(_class_dirs(test)) - set(classes))
     if extra:
         raise HarnessError(f"dataset {name!r}: class folder(s) {', '.join(extra[:3])} under {test} "
                            f"are not among the training classes")
@@ -371,9 +398,9 @@ def _register_folder(name: str, cfg) -> DatasetSpec:
 
 def _fingerprint(folder: Path, hw: tuple[int, int], channels: int) -> str:
     """The folder's classes and their folders' modification times, with the decoding's size and channels."""
-    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
-    dirs = [p for split in ("train", "test") if (folder / split).is_dir()
-            for p in sorted((folder / split).iterdir()) if p.is_dir()]
+    classes = _class_dirs(folder / "train")
+    dirs = [folder / split / c for split in ("train", "test") if (folder / split).is_dir()
+            for c in _class_dirs(folder / split)]
     stamps = [(p.name, p.stat().st_mtime_ns) for p in dirs]
     nested = [s for p in dirs for s in _subfolder_stamps(p)]
     # only where class folders have subfolders: the fingerprint (and so cached copies, teachers and finished runs)

@@ -205,7 +205,7 @@ def test_awkward_image_files_decode_like_8_bit_ones(tmp_path):
     assert tuple(x.shape) == (9, 1, 12, 10) and x.dtype == torch.uint8  # labels.txt left out
 
 
-def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_path, mnist_data):
+def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_path, mnist_data, capsys):
     """A class folder with subfolders (e.g. per session or per source): their images are the class's, in
     ImageFolder's order; hidden folders (Jupyter's .ipynb_checkpoints) are not. An image added in a subfolder
     changes the fingerprint (decoded afresh); a flat dataset's fingerprint is what it was before."""
@@ -237,6 +237,7 @@ def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_
     (d / ".ipynb_checkpoints").mkdir()
     shutil.copy(d / "4.png", d / ".ipynb_checkpoints" / "4-checkpoint.png")
     x, y = _image_folder(folder / "train", hw=(32, 32), channels=1)
+    assert "2 image(s) in subfolders of class folders read as their class's" in capsys.readouterr().err
     ref = ImageFolder(str(folder / "train"), is_valid_file=lambda p: ".ipynb_checkpoints" not in p)
     assert len(x) == 3 * 12 == len(ref.samples)
     assert y.tolist() == [t for _, t in ref.samples]
@@ -245,3 +246,10 @@ def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_
     nested = _fingerprint(folder, (32, 32), 1)
     shutil.copy(d / "4.png", d / "session b" / "9.png")
     assert _fingerprint(folder, (32, 32), 1) != nested
+    # a link back up (to the class folder, to the split) is entered once, not looped through; a hidden folder
+    # beside the classes is not a class
+    (d / "loop").symlink_to(d)
+    (d / "up").symlink_to(folder / "train")
+    (folder / "train" / ".ipynb_checkpoints").mkdir()
+    x, y = _image_folder(folder / "train", hw=(32, 32), channels=1)
+    assert len(x) == 3 * 12 + 1 and sorted(set(y.tolist())) == [0, 1, 2]
