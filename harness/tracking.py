@@ -42,9 +42,9 @@ def resolve_mode(cfg: WandbCfg) -> str:
     env = os.environ.get("WANDB_MODE", "").strip().lower()
     if not env:
         return "offline"
-    if env not in ("online", "offline", "disabled", "dryrun", "run"):  # a typo is not silently "offline"
+    if env not in ("online", "offline", "disabled", "dryrun", "run", "shared"):  # a typo is not silently offline
         raise HarnessError(f"WANDB_MODE={os.environ['WANDB_MODE']!r}: choose online, offline or disabled")
-    return {"dryrun": "offline", "run": "online"}.get(env, env)
+    return {"dryrun": "offline", "run": "online", "shared": "online"}.get(env, env)
 
 
 def redact(obj):

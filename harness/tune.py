@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -210,16 +211,16 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
 
 def tune(suite, method: str, trials: int, storage: str | None = None, study: str | None = None, jobs: int = 1,
          pruner: str = "median", runs_dir: str | Path = "runs", seed: int = 0, log=print,
-         suite_arg: str | None = None) -> dict:
+         apply: str | None = None) -> dict:
     import optuna
 
     from . import env
-    from .config import folder_name
     from .runner import config_difference
     from .store import Store, read_json
     from .teacher import ensure_teacher
-    from .tracking import redact
+    from .tracking import redact, resolve_mode
 
+    resolve_mode(suite.tracking.wandb)  # a mistyped WANDB_MODE: said now, not swallowed by every trial
     if method not in suite.methods:
         raise HarnessError(f"--method {method!r} is not in suite {suite.name} ({', '.join(suite.methods)})")
     if not suite.search.get(method):
@@ -228,16 +229,19 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     if trials < 1 or jobs < 1:
         raise HarnessError("--trials and --jobs must be at least 1")
     runs_dir = Path(runs_dir).resolve()
-    study = study or f"{suite.name}-{method}-{suite.profile}"
-    try:
-        folder_name("study", study)
-    except ValueError as e:
-        raise HarnessError(f"--study: {e}") from None
+    given, study = study is not None, study or f"{suite.name}-{method}-{suite.profile}"
+    if "/" in study or "\\" in study or study.startswith(".") or not study.strip() or not study.isprintable():
+        what = "--study" if given else f"the default study name (<suite>-<method>-<profile>), {study!r},"
+        raise HarnessError(f"{what} names a folder under <runs-dir>/tune: it needs printable text without '/' or "
+                           f"'\\', not starting with '.' (got {study!r})" if given
+                           else f"{what} cannot name a folder; give --study NAME")
     Store(runs_dir, "tune").ensure_writable()
     if storage and "://" not in storage:  # a journal file: recorded where it is, not how it was spelled
         storage = str(Path(storage).expanduser().resolve())
     out, label = runs_dir / "tune" / study, redact(storage or "journal")
     earlier = (read_json(out / "study.json") or {}).get("storage")
+    if earlier and "://" not in earlier and earlier != "journal" and not Path(earlier).is_absolute():
+        earlier = None  # recorded as typed (before today): relative to a directory no longer known
     if earlier not in (None, label):  # another study of this name, in another storage, wrote this folder
         raise HarnessError(f"{out} holds study {study} from storage {earlier}, not {label}; give --study another "
                            f"name (or --runs-dir another folder) to keep both")
@@ -295,14 +299,18 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
         if bad:
             log(f"warning: {len(bad)} worker(s) exited with {bad}")
     return finish(optuna.load_study(study_name=study, storage=open_storage(storage, runs_dir, study)),
-                  method, out, label, log, apply=f"dfad-bench run {suite_arg or suite.name} --profile "
-                  f"{suite.profile} --methods {method} --params {out / 'best.yaml'}")
+                  method, out, label, log, apply=apply or f"dfad-bench run {suite.name} --profile {suite.profile} "
+                  f"--methods {method} --params {out / 'best.yaml'}")
 
 
-def stop_workers(procs, grace_s: float = 60.0) -> None:
-    """Workers still running get SIGINT (their trial is recorded failed), then SIGTERM after grace_s."""
+def stop_workers(procs, grace_s: float = 60.0, own_s: float = 10.0) -> None:
+    """Workers still running after own_s (Ctrl-C in a terminal reaches them too, and a second SIGINT could
+    land while optuna records the first's failed trial) get SIGINT, then SIGTERM after grace_s."""
     import signal
 
+    for p in procs:
+        if p.pid is not None:
+            p.join(own_s / max(1, len(procs)))
     alive = [p for p in procs if p.pid is not None and p.is_alive()]
     for p in alive:
         try:
@@ -387,8 +395,13 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
 
     try:  # errors, SIGTERM and full disks: cli's `guarded`, which wraps this command
         s = _load(suite, profile, overrides, methods=method)  # even if the profile's run_methods leave it out
+        # best.yaml's hint: the command that reruns at the size tuned at (profile and overrides, the search's aside)
+        kept = [o for o in overrides or [] if not o.strip().startswith("search.")]
+        out = Path(runs_dir).resolve() / "tune" / (study or f"{s.name}-{method}-{s.profile}") / "best.yaml"
+        apply = shlex.join(["dfad-bench", "run", suite, "--profile", s.profile, "--methods", method, "--params",
+                            str(out), *kept])
         tune(s, method, trials, storage, study, jobs, pruner, runs_dir, seed, log=lambda m: typer.echo(m, err=True),
-             suite_arg=suite)
+             apply=apply)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished trials are in the study; rerun to add more", err=True)
         raise typer.Exit(130)

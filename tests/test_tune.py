@@ -118,9 +118,9 @@ def test_storage_and_search_errors_are_one_line(tmp_path):
     with pytest.raises(HarnessError, match="search.dfad.k: low 1 and high 10.0 make a range of real numbers"):
         load_suite("mnist", "smoke", ["search.dfad.k.high=10.0"])
     for name in ("../escape", "a b/x", ".hidden"):  # a study's name becomes folders under the runs dir
-        with pytest.raises(HarnessError, match="--study: study name"):
+        with pytest.raises(HarnessError, match="--study names a folder under <runs-dir>/tune"):
             tune(suite, "dfad", 1, study=name, runs_dir=tmp_path)
-    assert not (tmp_path.parent / "escape.journal").exists()
+    assert not (tmp_path / "escape.journal").exists() and not (tmp_path / "escape").exists()
     res = CliRunner().invoke(app, ["tune", "mnist", "--method", "dfad", "--profile", "smoke", "--runs-dir",
                                    "/proc/nope", *TINY])
     assert res.exit_code == 2 and res.output.startswith("error: runs dir /proc/nope is not writable"), res.output
@@ -137,14 +137,42 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path):
     open_storage(str(tmp_path / "new.journal"), tmp_path, "s")  # a new file, or a journal, still opens
 
 
-def test_tune_threads_follow_omp_num_threads(monkeypatch):
+def test_tune_threads_follow_omp_num_threads(runs, monkeypatch):
+    """tune gave every worker all cores whatever OMP_NUM_THREADS said (3x slower on a shared machine)."""
+    import os
+
+    import harness.tune
     from harness.env import thread_count
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert thread_count() == 1 and thread_count(3) == 3  # the suite's runtime.threads first
+    got = []
+    monkeypatch.setattr(harness.tune, "worker", lambda *a: got.append(a[-1]))  # the threads a worker is given
+    suite = load_suite("mnist", "smoke", TINY)
+    with pytest.raises(HarnessError, match="no trial completed"):
+        harness.tune.tune(suite, "dfad", 1, runs_dir=runs, log=lambda *_: None)
+    assert got == [1]
     monkeypatch.delenv("OMP_NUM_THREADS")
-    import os
     assert thread_count() == os.cpu_count()
+
+
+def test_default_study_names_from_any_suite_name_are_folders(runs, tmp_path):
+    """A suite file named signs.v2.yaml made a default study name the old check refused."""
+    import shutil
+
+    from harness.config import suite_path
+    from harness.tune import tune
+
+    path = tmp_path / "signs.v2.yaml"
+    shutil.copy(suite_path("mnist"), path)
+    res = CliRunner().invoke(app, ["tune", str(path), "--method", "dfad", "--profile", "smoke", "--trials", "1",
+                                   "--runs-dir", str(runs), *TINY, *SPACE, "tracking.wandb.mode=disabled"])
+    assert res.exit_code == 0, res.output
+    best = runs / "tune" / "signs.v2-dfad-smoke" / "best.yaml"
+    # the hint reruns what was tuned: the suite as given, its profile and the overrides (not the search's)
+    hint = best.read_text().splitlines()[1]
+    assert hint.startswith(f"# apply with: dfad-bench run {path} --profile smoke --methods dfad --params {best} ")
+    assert "budget.iterations=4" in hint and "search." not in hint
 
 
 def _sleep_long():
@@ -164,7 +192,7 @@ def test_stopped_tune_stops_its_workers():
         p.start()
     time.sleep(3)  # spawned and sleeping
     t0 = time.monotonic()
-    stop_workers(procs, grace_s=30)
+    stop_workers(procs, grace_s=30, own_s=2)
     assert not any(p.is_alive() for p in procs) and time.monotonic() - t0 < 30  # SIGINT did it, not the grace
 
 
@@ -211,6 +239,10 @@ def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
         tune(longer, "dfad", 1, runs_dir=runs)
     with pytest.raises(HarnessError, match="runtime.precision=fp32, not bf16"):
         tune(load_suite("mnist", "smoke", TINY + SPACE + ["runtime.precision=bf16"]), "dfad", 1, runs_dir=runs)
+    # a study.json from before storage paths were resolved (as typed, relative) does not block its study
+    record = runs / "tune" / name / "study.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "storage": "rel/typed.journal"}))
+    tune(suite, "dfad", 1, runs_dir=runs, log=lambda *_: None)
     # a study of the same name in another storage would overwrite this one's best.yaml and study.json
     with pytest.raises(HarnessError, match="holds study mnist-dfad-smoke from storage journal, not sqlite"):
         tune(suite, "dfad", 1, storage=f"sqlite:///{runs}/other.db", runs_dir=runs)
