@@ -396,44 +396,51 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     return outcome
 
 
-def _nothing_to_do(suite: Suite, rd: RunDir, method: str, seed: int) -> bool:
-    """The run would be skipped as it is: finished and whole with this config, or known not to apply to it."""
+def plan_run(suite: Suite, rd: RunDir, method: str, seed: int, force: bool = False) -> tuple[str, str]:
+    """What a run needs, with the detail to say: ("n/a", reason) known not to apply to this config; ("elsewise",
+    why) finished with another config; ("rebuild", what is missing) finished, a file to rebuild from its
+    checkpoint; ("kept", what is missing) finished, nothing to rebuild it from; ("done", "") finished and whole;
+    ("run", "") to train (again)."""
     s = rd.summary() or {}
-    if s.get("status") == "failed" and s.get("retry") is False:
-        return same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))
-    # a finished run that lost a file is rebuilt from its checkpoint (the teacher is needed), or kept as it is
-    return (s.get("status") == "done" and not finished_elsewise(suite, rd, method, seed)
-            and not (rd.incomplete() and rd.checkpoint.is_file()))
+    if (not force and s.get("status") == "failed" and s.get("retry") is False
+            and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
+        return "n/a", str(s.get("reason"))
+    if s.get("status") == "done" and (not force or s.get("forced_by") == _invocation):
+        if why := finished_elsewise(suite, rd, method, seed):
+            return "elsewise", why
+        if missing := rd.incomplete():  # not trained again for a lost file: the user may have deleted it on purpose
+            return ("rebuild" if rd.checkpoint.is_file() else "kept"), missing
+        return "done", ""
+    return "run", ""
+
+
+def _nothing_to_do(suite: Suite, rd: RunDir, method: str, seed: int) -> bool:
+    """The run would be skipped as it is (the teacher is not needed for it)."""
+    return plan_run(suite, rd, method, seed)[0] in ("n/a", "kept", "done")
 
 
 def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callbacks, force, outcome):
-    s = rd.summary()
-    if (not force and s and s.get("status") == "failed" and s.get("retry") is False
-            and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
-        outcome.not_applicable.append((method, seed, s.get("reason", "")))
+    action, detail = plan_run(suite, rd, method, seed, force)
+    if action == "n/a":
+        outcome.not_applicable.append((method, seed, detail))
+        progress.log(f"  {method} seed {seed}: cannot run here ({detail}), skipped")
+    elif action == "elsewise":  # finished meanwhile by another process
+        entry = (method, seed, f"finished meanwhile by another process: {detail}")
+        outcome.failed.append(entry), outcome.crashed.append(entry)
+        progress.log(f"  {method} seed {seed}: {entry[2]}")
+    elif action == "kept":
+        outcome.skipped.append((method, seed))
+        progress.log(f"  {method} seed {seed}: finished, but {detail} and there is no checkpoint to "
+                     f"rebuild it from; kept as it is (--force redoes it)")
+    elif action == "done":
+        outcome.skipped.append((method, seed))
+        progress.log(f"  {method} seed {seed}: already done (best {rd.summary()['best_acc']:.4f}), skipped")
+    if action in ("n/a", "elsewise", "kept", "done"):
         progress.done += 1
-        progress.log(f"  {method} seed {seed}: cannot run here ({s.get('reason')}), skipped")
         return
-    if s and s.get("status") == "done" and (not force or s.get("forced_by") == _invocation):
-        if why := finished_elsewise(suite, rd, method, seed):  # finished meanwhile by another process
-            entry = (method, seed, f"finished meanwhile by another process: {why}")
-            outcome.failed.append(entry), outcome.crashed.append(entry)
-            progress.done += 1
-            progress.log(f"  {method} seed {seed}: {entry[2]}")
-            return
-        missing = rd.incomplete()
-        if missing and rd.checkpoint.is_file():
-            progress.log(f"  {method} seed {seed}: finished, but {missing}; rebuilding it from the run's checkpoint")
-        else:
-            outcome.skipped.append((method, seed))
-            progress.done += 1
-            if missing:  # not trained again for a lost file: the user may have deleted it on purpose
-                progress.log(f"  {method} seed {seed}: finished, but {missing} and there is no checkpoint to "
-                             f"rebuild it from; kept as it is (--force redoes it)")
-            else:
-                progress.log(f"  {method} seed {seed}: already done (best {s['best_acc']:.4f}), skipped")
-            return
-    if force and rd.checkpoint.exists():
+    if action == "rebuild":
+        progress.log(f"  {method} seed {seed}: finished, but {detail}; rebuilding it from the run's checkpoint")
+    if force and action == "run" and rd.checkpoint.exists():
         rd.checkpoint.unlink()
     summary = execute_run(suite, method, seed, rd, *teacher_and_test(), device, progress, callbacks)
     if summary is None:

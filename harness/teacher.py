@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import env
 from .config import Suite, TeacherCfg, config_hash, file_digest
 from .data import DatasetSpec, ImageTensors, TensorBatches, get_dataset
-from .errors import HarnessError
+from .errors import HarnessError, first_line
 from .locks import exclusive
 from .loop import evaluate
 from .method import schedule_factor
@@ -176,14 +176,14 @@ def draw_subset(data: ImageTensors, n: int, seed: int) -> ImageTensors:
     return ImageTensors(data.x[keep], data.y[keep], data.mean, data.std, data.metric)
 
 
-def _read_resume(path: Path | None, model: nn.Module, log) -> dict | None:
+def _read_resume(path: Path | None, model: nn.Module, n_train: int, log) -> dict | None:
     """The state an interrupted training left after its last finished epoch, or None (read on the CPU; the
-    loads below move it to the model's device)."""
+    loads below move it to the model's device). A file that cannot be resumed is set aside as <name>.bad."""
     if path is None or not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        need = {"model", "opt", "sched", "batches", "rng", "epoch", "epochs", "acc", "elapsed_s"}
+        need = {"model", "opt", "sched", "batches", "rng", "epoch", "epochs", "acc", "elapsed_s", "n_train"}
         if not isinstance(state, dict) or not need <= set(state):
             raise ValueError("not a teacher training checkpoint")
         ours = model.state_dict()
@@ -191,11 +191,24 @@ def _read_resume(path: Path | None, model: nn.Module, log) -> dict | None:
             raise ValueError("its weights do not fit this teacher")
         if not 0 < state["epoch"] < state["epochs"]:
             raise ValueError(f"epoch {state['epoch']} of {state['epochs']}")
+        if state["n_train"] != n_train:  # the dataset's files changed under the same name
+            raise ValueError(f"made on {state['n_train']} training images, not {n_train}")
+        if sum(len(g["params"]) for g in state["opt"]["param_groups"]) != len(list(model.parameters())):
+            raise ValueError("its optimiser state does not fit this teacher")
         return state
     except Exception as e:  # a truncated or foreign file: start afresh rather than fail the suite
-        log(f"warning: cannot resume the teacher from {path} ({type(e).__name__}: {str(e)[:80]}); "
-            f"training it from the start")
+        log(f"warning: cannot resume the teacher from {path} ({type(e).__name__}: {str(e)[:80]}); set aside as "
+            f"{_set_aside(path).name}, training it from the start")
         return None
+
+
+def _set_aside(path: Path) -> Path:
+    bad = path.with_name(path.name + ".bad")
+    try:
+        path.replace(bad)
+    except OSError:
+        pass
+    return bad
 
 
 def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print,
@@ -240,7 +253,7 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
 
     t0 = time.perf_counter()
     epochs, start, before_s = recipe.epochs, 0, 0.0
-    resume = _read_resume(checkpoint, model, log)
+    resume = _read_resume(checkpoint, model, len(train), log)
     if resume:  # the epochs planned then (a time budget's choice included), not a new probe's
         epochs, start, before_s = resume["epochs"], resume["epoch"], resume["elapsed_s"]
     elif recipe.time_budget_s:
@@ -255,13 +268,18 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
         fracs = [m / recipe.epochs for m in recipe.milestones]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(recipe.schedule, total, fracs, recipe.gamma))
     if resume:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["opt"])
-        sched.load_state_dict(resume["sched"])
-        batches.load_state_dict(resume["batches"])
-        torch.set_rng_state(resume["rng"].cpu())
-        if device.type == "cuda" and resume.get("cuda_rng") is not None:  # dropout's draws on the GPU
-            torch.cuda.set_rng_state(resume["cuda_rng"].cpu(), device)
+        try:
+            model.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["opt"])
+            sched.load_state_dict(resume["sched"])
+            batches.load_state_dict(resume["batches"])
+            torch.set_rng_state(resume["rng"].cpu())
+            if device.type == "cuda" and resume.get("cuda_rng") is not None:  # dropout's draws on the GPU
+                torch.cuda.set_rng_state(resume["cuda_rng"].cpu(), device)
+        except Exception as e:  # the model is half loaded now: stop; the next run starts afresh
+            raise HarnessError(f"cannot resume the teacher from {checkpoint} ({type(e).__name__}: "
+                               f"{first_line(e)[:80]}); set aside as {_set_aside(checkpoint).name}: run "
+                               f"again to train it from the start") from None
         acc = resume["acc"]
         log(f"teacher: resuming after epoch {start}/{epochs} ({checkpoint})")
     for epoch in range(start, epochs):
@@ -276,7 +294,8 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
                                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                               "epochs": epochs, "acc": acc, "elapsed_s": before_s + time.perf_counter() - t0},
+                               "epochs": epochs, "acc": acc, "elapsed_s": before_s + time.perf_counter() - t0,
+                               "n_train": len(train)},
                               checkpoint)
         log(f"teacher epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
             f"test {getattr(spec, 'metric', 'acc')} {acc:.4f}, {before_s + time.perf_counter() - t0:.0f}s")

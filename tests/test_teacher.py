@@ -236,7 +236,7 @@ def test_interrupted_teacher_resumes_from_its_last_epoch_bit_for_bit(tmp_path, s
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-@pytest.mark.parametrize("damage", ["truncated", "keys missing", "another model", "past its end"])
+@pytest.mark.parametrize("damage", ["truncated", "keys missing", "another model", "past its end", "other data"])
 def test_a_damaged_teacher_checkpoint_trains_from_the_start(tmp_path, damage):
     """A training.pt that cannot be resumed (truncated; loadable but lacking keys; another model's weights; an
     epoch past the planned ones) is named and set aside: the teacher trains from epoch 1, no traceback."""
@@ -260,6 +260,8 @@ def test_a_damaged_teacher_checkpoint_trains_from_the_start(tmp_path, damage):
                 del state["elapsed_s"]
             elif damage == "another model":
                 state["model"] = torch.nn.Linear(3, 3).state_dict()
+            elif damage == "other data":  # the dataset's files replaced under its name: the batch order is another
+                state["n_train"] += 10
             else:
                 state["epoch"] = 5
             torch.save(state, ckpt)
@@ -268,4 +270,33 @@ def test_a_damaged_teacher_checkpoint_trains_from_the_start(tmp_path, damage):
                                         checkpoint=ckpt)
     assert epochs == 2 and any("cannot resume the teacher" in line for line in lines), lines
     assert sum(line.startswith("teacher epoch") for line in lines) == 2
+    assert (tmp_path / "training.pt.bad").is_file()  # set aside, not read again
 
+
+
+def test_a_checkpoint_that_fails_while_loading_is_set_aside_with_a_one_line_error(tmp_path):
+    from harness.config import TeacherRecipe
+    from harness.teacher import train_teacher
+
+    ckpt = tmp_path / "training.pt"
+    recipe = TeacherRecipe(epochs=2, batch_size=16, lr=0.05, precision="fp32")
+
+    def stop(line):
+        if line.startswith("teacher epoch 1/"):
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFAD_DATA", str(tmp_path))
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(_tiny_net(), _tiny_spec(), recipe, torch.device("cpu"), log=stop, checkpoint=ckpt)
+        state = torch.load(ckpt, weights_only=True)
+        state["batches"]["gen"] = torch.zeros(3, dtype=torch.uint8)  # not a generator's state
+        torch.save(state, ckpt)
+        with pytest.raises(HarnessError) as e:
+            train_teacher(_tiny_net(), _tiny_spec(), recipe, torch.device("cpu"), log=lambda *_: None,
+                          checkpoint=ckpt)
+        assert "cannot resume the teacher from" in str(e.value) and "set aside as training.pt.bad" in str(e.value)
+        assert "\n" not in str(e.value) and not ckpt.exists()
+        _, _, _, epochs = train_teacher(_tiny_net(), _tiny_spec(), recipe, torch.device("cpu"), log=lambda *_: None,
+                                        checkpoint=ckpt)
+    assert epochs == 2
