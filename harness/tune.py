@@ -238,6 +238,8 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     Store(runs_dir, "tune").ensure_writable()
     if storage and "://" not in storage:  # a journal file: recorded where it is, not how it was spelled
         storage = str(Path(storage).expanduser().resolve())
+        if Path(storage) == runs_dir / "tune" / f"{study}.journal":  # the default journal, named
+            storage = None
     out, label = runs_dir / "tune" / study, redact(storage or "journal")
     earlier = (read_json(out / "study.json") or {}).get("storage")
     if earlier and "://" not in earlier and earlier != "journal" and not Path(earlier).is_absolute():

@@ -246,6 +246,8 @@ def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
     # a study of the same name in another storage would overwrite this one's best.yaml and study.json
     with pytest.raises(HarnessError, match="holds study mnist-dfad-smoke from storage journal, not sqlite"):
         tune(suite, "dfad", 1, storage=f"sqlite:///{runs}/other.db", runs_dir=runs)
+    # the default journal named by its path is the same storage
+    tune(suite, "dfad", 1, storage=str(runs / "tune" / f"{name}.journal"), runs_dir=runs, log=lambda *_: None)
     # the searched parameters are not part of a study's config: another batch size choice still extends it
     tune(load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "methods.dfad.batch_size=16"]),
          "dfad", 1, runs_dir=runs, log=lambda *_: None)
