@@ -228,9 +228,13 @@ def _os_file(f: Path) -> bool:
     return f.name.startswith(".") or f.name.lower() in ("thumbs.db", "desktop.ini")
 
 
+def _image_name(name: str) -> bool:
+    """Image files by name (hidden ones are not)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _is_image_file(f: Path) -> bool:
-    """Image files by name."""
-    return f.is_file() and not _os_file(f) and f.suffix.lower() in IMAGE_SUFFIXES
+    return _image_name(f.name) and f.is_file()
 
 
 def _walk(d: Path) -> Iterator[tuple[Path, list[str]]]:
@@ -284,10 +288,6 @@ def _subfolder_stamps(class_dir: Path) -> list:
     if not any(_image_name(f) for _, files in subs for f in files):
         return []
     return [(str(top.relative_to(class_dir.parent)), top.stat().st_mtime_ns) for top, _ in subs]
-
-
-def _image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _has_image(d: Path) -> bool:

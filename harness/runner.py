@@ -81,8 +81,8 @@ def finished_elsewise(suite: Suite, rd: RunDir, method: str, seed: int) -> str |
         state = "is missing" if not rd.config.exists() else "cannot be read"
         return (f"{rd.path} finished, but its config.yaml {state}, so it cannot be matched to this config; "
                 f"restore the file, or pass --force to redo the run (--runs-dir to keep both)")
-    if _precision(stored) != _precision(current):
-        return (f"{rd.path} finished with runtime.precision={_precision(stored)}, not {_precision(current)}; "
+    if precision_of(stored) != precision_of(current):
+        return (f"{rd.path} finished with runtime.precision={precision_of(stored)}, not {precision_of(current)}; "
                 f"pass --force to redo it or --runs-dir to keep both")
     if key := run_difference(stored, current):
         return (f"{rd.path} finished with a different config ({key} differs, profile {s.get('profile')!r}, "
@@ -115,7 +115,7 @@ def same_config(stored: dict, current: dict, ignore=("runtime",)) -> bool:
 
 def run_difference(stored: dict, current: dict, ignore=("runtime",), missing_differs: bool = True) -> str | None:
     """The first key in which two run configs differ as runs (see same_config), or None."""
-    if "runtime" in ignore and _precision(stored) != _precision(current):
+    if "runtime" in ignore and precision_of(stored) != precision_of(current):
         return "runtime.precision"
     return config_difference(stored, current, ignore, missing_differs)
 
@@ -138,7 +138,7 @@ def config_difference(stored: dict, current: dict, ignore=("runtime",), missing_
     return None
 
 
-def _precision(cfg: dict) -> str:
+def precision_of(cfg: dict) -> str:
     rt = cfg.get("runtime")
     return rt.get("precision", "auto") if isinstance(rt, dict) else "auto"
 
@@ -215,9 +215,9 @@ def load_resume_state(rd: RunDir, fingerprint: str, log, cfg: dict | None = None
         state = torch.load(rd.checkpoint, map_location="cpu", weights_only=True)
         if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
             raise ValueError("it was made by another config or version")
-        if cfg is not None and previous_cfg is not None and _precision(previous_cfg) != _precision(cfg):
-            raise ValueError(f"it was made with runtime.precision={_precision(previous_cfg)}, "
-                             f"not {_precision(cfg)}")
+        if cfg is not None and previous_cfg is not None and precision_of(previous_cfg) != precision_of(cfg):
+            raise ValueError(f"it was made with runtime.precision={precision_of(previous_cfg)}, "
+                             f"not {precision_of(cfg)}")
         return state
     except Exception as e:  # corrupt, foreign or incompatible: start over, say so once
         log(f"warning: checkpoint {rd.checkpoint} unusable ({str(e).splitlines()[0][:100]}); restarting the run")
@@ -399,8 +399,8 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
 def plan_run(suite: Suite, rd: RunDir, method: str, seed: int, force: bool = False) -> tuple[str, str]:
     """What a run needs, with the detail to say: ("n/a", reason) known not to apply to this config; ("elsewise",
     why) finished with another config; ("rebuild", what is missing) finished, a file to rebuild from its
-    checkpoint; ("kept", what is missing) finished, nothing to rebuild it from; ("done", "") finished and whole;
-    ("run", "") to train (again)."""
+    checkpoint; ("kept", what is missing) finished, nothing to rebuild it from;
+    ("done", "best ...") finished and whole; ("run", "") to train (again)."""
     s = rd.summary() or {}
     if (not force and s.get("status") == "failed" and s.get("retry") is False
             and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
@@ -410,7 +410,7 @@ def plan_run(suite: Suite, rd: RunDir, method: str, seed: int, force: bool = Fal
             return "elsewise", why
         if missing := rd.incomplete():  # not trained again for a lost file: the user may have deleted it on purpose
             return ("rebuild" if rd.checkpoint.is_file() else "kept"), missing
-        return "done", ""
+        return "done", f"best {s['best_acc']:.4f}"
     return "run", ""
 
 
@@ -434,7 +434,7 @@ def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callba
                      f"rebuild it from; kept as it is (--force redoes it)")
     elif action == "done":
         outcome.skipped.append((method, seed))
-        progress.log(f"  {method} seed {seed}: already done (best {rd.summary()['best_acc']:.4f}), skipped")
+        progress.log(f"  {method} seed {seed}: already done ({detail}), skipped")
     if action in ("n/a", "elsewise", "kept", "done"):
         progress.done += 1
         return

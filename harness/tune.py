@@ -211,11 +211,12 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
 
 def tune(suite, method: str, trials: int, storage: str | None = None, study: str | None = None, jobs: int = 1,
          pruner: str = "median", runs_dir: str | Path = "runs", seed: int = 0, log=print,
-         apply: str | None = None) -> dict:
+         rerun: list[str] | None = None) -> dict:
+    """`rerun`: how the suite was given on the command line and its overrides, for best.yaml's hint."""
     import optuna
 
     from . import env
-    from .runner import config_difference
+    from .runner import config_difference, precision_of
     from .store import Store, read_json
     from .teacher import ensure_teacher
     from .tracking import redact, resolve_mode
@@ -266,7 +267,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     config.get("dataset_def", {}).pop("files", None)
     config.get("dataset_def", {}).pop("folder", None)
     config.get("teacher", {}).pop("checkpoint", None)
-    precision = str(run.get("runtime", {}).get("precision"))  # a bf16 trial does not rank against an fp32 one
+    precision = precision_of(run)  # a bf16 trial does not rank against an fp32 one
     if (earlier := st.user_attrs.get("precision", precision)) != precision:
         raise HarnessError(f"study {study} was run with runtime.precision={earlier}, not {precision}; its trials "
                            f"cannot be compared with new ones: give --study a new name")
@@ -300,9 +301,11 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
             log(f"warning: {len(bad)} worker(s) exited with {bad}")
+    suite_arg, *kept = rerun or [suite.name]  # the hint reruns what was tuned: profile, overrides (not the search's)
+    apply = shlex.join(["dfad-bench", "run", suite_arg, "--profile", suite.profile, "--methods", method, "--params",
+                        str(out / "best.yaml"), *(o for o in kept if not o.strip().startswith("search."))])
     return finish(optuna.load_study(study_name=study, storage=open_storage(storage, runs_dir, study)),
-                  method, out, label, log, apply=apply or f"dfad-bench run {suite.name} --profile {suite.profile} "
-                  f"--methods {method} --params {out / 'best.yaml'}")
+                  method, out, label, log, apply=apply)
 
 
 def stop_workers(procs, grace_s: float = 60.0, own_s: float = 10.0) -> None:
@@ -327,7 +330,7 @@ def stop_workers(procs, grace_s: float = 60.0, own_s: float = 10.0) -> None:
             p.join()
 
 
-def finish(st, method: str, out: Path, storage: str, log=print, apply: str | None = None) -> dict:
+def finish(st, method: str, out: Path, storage: str, log=print, apply: str = "") -> dict:
     """best.yaml (an overlay for `run --params`), study.json and the plots, in <runs-dir>/tune/<study>/."""
     import optuna
     import yaml
@@ -347,7 +350,7 @@ def finish(st, method: str, out: Path, storage: str, log=print, apply: str | Non
     (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "best.yaml").write_text(
         f"# dfad-bench tune: study {st.study_name}, trial {best.number}, val acc {best.value:.4f}\n"
-        f"# apply with: {apply or f'dfad-bench run SUITE --methods {method} --params ' + str(out / 'best.yaml')}\n"
+        f"# apply with: {apply or f'dfad-bench run SUITE --methods {method} --params {out}/best.yaml'}\n"
         + yaml.safe_dump({"methods": {method: best.params}}, sort_keys=True))
     plots(st, out, log)
     log(f"best val acc {best.value:.4f} (trial {best.number}): {best.params}; {counts}")
@@ -397,13 +400,8 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
 
     try:  # errors, SIGTERM and full disks: cli's `guarded`, which wraps this command
         s = _load(suite, profile, overrides, methods=method)  # even if the profile's run_methods leave it out
-        # best.yaml's hint: the command that reruns at the size tuned at (profile and overrides, the search's aside)
-        kept = [o for o in overrides or [] if not o.strip().startswith("search.")]
-        out = Path(runs_dir).resolve() / "tune" / (study or f"{s.name}-{method}-{s.profile}") / "best.yaml"
-        apply = shlex.join(["dfad-bench", "run", suite, "--profile", s.profile, "--methods", method, "--params",
-                            str(out), *kept])
         tune(s, method, trials, storage, study, jobs, pruner, runs_dir, seed, log=lambda m: typer.echo(m, err=True),
-             apply=apply)
+             rerun=[suite, *(overrides or [])])
     except KeyboardInterrupt:
         typer.echo("interrupted: finished trials are in the study; rerun to add more", err=True)
         raise typer.Exit(130)
