@@ -128,8 +128,11 @@ def cached(name: str, split: str, root: Path, load) -> tuple[torch.Tensor, torch
     return x, y
 
 
+_reading_only = contextvars.ContextVar("dfad_reading_only", default=False)  # set while checking, not running
+
+
 def download_allowed() -> bool:
-    return os.environ.get("DFAD_DOWNLOAD", "1") not in ("0", "false", "no")
+    return not _reading_only.get() and os.environ.get("DFAD_DOWNLOAD", "1") not in ("0", "false", "no")
 
 
 def missing_split(name: str, split: str) -> str | None:
@@ -138,18 +141,14 @@ def missing_split(name: str, split: str) -> str | None:
     spec = get_dataset(name)
     if (data_root() / ".dfad-cache" / f"{spec.cache_name}-{split}.pt").is_file():
         return None
-    before = os.environ.get("DFAD_DOWNLOAD")
-    os.environ["DFAD_DOWNLOAD"] = "0"
+    token = _reading_only.set(True)
     try:
         spec.load(split)
         return None
     except MissingDataError as e:
         return first_line(e)
     finally:
-        if before is None:
-            os.environ.pop("DFAD_DOWNLOAD", None)
-        else:
-            os.environ["DFAD_DOWNLOAD"] = before
+        _reading_only.reset(token)
 
 
 def _torchvision(name: str, cls, root: Path, how: str, **kw):

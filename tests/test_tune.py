@@ -1,6 +1,7 @@
 """Optuna tuning (two workers sharing a journal file), its overlay for `run --params`, and the
 submitit launcher's local executor."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,16 +197,6 @@ def test_stopped_tune_stops_its_workers():
     assert not any(p.is_alive() for p in procs) and time.monotonic() - t0 < 30  # SIGINT did it, not the grace
 
 
-def test_run_with_the_local_launcher(runs):
-    res = CliRunner().invoke(app, ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds", "0",
-                                   "--runs-dir", str(runs), "--no-report", "--launcher", "local", *TINY])
-    assert res.exit_code == 0, res.output
-    summary = json.loads((runs / "mnist" / "dfad" / "seed-0" / "summary.json").read_text())
-    assert summary["status"] == "done" and summary["wandb_mode"] == "offline"
-    assert list((runs / "submitit" / "mnist").glob("*_log.out"))
-
-
-
 def test_a_study_scored_on_another_split_is_not_extended(tmp_path):
     import optuna
 
@@ -251,3 +242,70 @@ def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
     # the searched parameters are not part of a study's config: another batch size choice still extends it
     tune(load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "methods.dfad.batch_size=16"]),
          "dfad", 1, runs_dir=runs, log=lambda *_: None)
+
+
+def test_the_local_launcher_runs_a_window_of_jobs_with_a_share_of_the_threads(runs, monkeypatch):
+    """All jobs at once would share the cores among every run: DFAD_LOCAL_PARALLEL=2 runs two at once, each with
+    half the threads, and the third job starts when one of them has finished."""
+    monkeypatch.setenv("DFAD_LOCAL_PARALLEL", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    res = CliRunner().invoke(app, ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds", "0,1,2",
+                                   "--runs-dir", str(runs), "--no-report", "--launcher", "local", *TINY])
+    assert res.exit_code == 0, res.output
+    assert "3 runs, 2 at once (1 thread(s) each" in res.output
+    folder = runs / "submitit" / "mnist"
+    submitted = sorted(folder.glob("*_submitted.pkl"), key=lambda p: p.stat().st_mtime)
+    finished = sorted(p.stat().st_mtime for p in folder.glob("*_result.pkl"))
+    assert len(submitted) == len(finished) == 4 and list(folder.glob("*_log.out"))  # the teacher's job, 3 runs
+    assert submitted[3].stat().st_mtime >= finished[1]  # the third run waited for the teacher's and a run's end
+    for seed in (0, 1, 2):
+        summary = json.loads((runs / "mnist" / "dfad" / f"seed-{seed}" / "summary.json").read_text())
+        assert summary["status"] == "done" and summary["wandb_mode"] == "offline"
+        assert "(1 threads)" in summary["device"], summary["device"]
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_local_parallel_setting_is_one_line_before_any_job(runs, monkeypatch, value):
+    monkeypatch.setenv("DFAD_LOCAL_PARALLEL", value)
+    res = CliRunner().invoke(app, ["run", "mnist", "--profile", "smoke", "--methods", "dfad", "--seeds", "0",
+                                   "--runs-dir", str(runs), "--no-report", "--launcher", "local", *TINY])
+    assert res.exit_code == 2 and f"DFAD_LOCAL_PARALLEL={value!r}" in res.output, res.output
+    assert not (runs / "submitit").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
+def test_local_jobs_see_the_gpu_they_are_given_and_stop_through_their_controller(tmp_path, monkeypatch):
+    """submitit hands its local jobs CUDA_VISIBLE_DEVICES="" (no GPU) unless told: each job gets one of this
+    process's GPUs by the name CUDA_VISIBLE_DEVICES gives it (an index or a UUID). Its controller ignores SIGINT, and
+    stop_local reaches it through the shell that runs the setup line."""
+    import signal
+    import time
+
+    import submitit
+
+    from harness.launch import controller_pid, stop_local, submit_local, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a, 3")
+    assert visible_gpus() == ["GPU-8f2a", "3"]
+    ex = submitit.AutoExecutor(folder=str(tmp_path), cluster="local")
+    ex.update_parameters(timeout_min=5)
+    job_env = lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES", "unset")  # noqa: E731 (read in the job)
+    assert [submit_local(ex, gpu, job_env).result() for gpu in ("GPU-8f2a", "3", None)] == ["GPU-8f2a", "3", ""]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's handler is back
+
+    def stoppable_sleep():  # stops on SIGINT/SIGTERM as the harness's jobs do (submitit's job ignores SIGTERM)
+        from harness.launch import _job_signals
+
+        _job_signals()
+        __import__("time").sleep(600)
+
+    job = submit_local(ex, "3", stoppable_sleep)  # nested: pickled by value, the job cannot import this file
+    time.sleep(2)
+    ctl = controller_pid(int(job.job_id))
+    assert ctl != int(job.job_id) and b"submitit.local._local" in Path(f"/proc/{ctl}/cmdline").read_bytes()
+    status = Path(f"/proc/{ctl}/status").read_text().splitlines()
+    ign = int(next(x for x in status if x.startswith("SigIgn:")).split()[1], 16)
+    assert ign & (1 << (signal.SIGINT - 1))  # the controller ignores Ctrl-C
+    t0 = time.monotonic()
+    stop_local([job], own_s=0.5, grace_s=30)
+    assert job.done() and time.monotonic() - t0 < 30
