@@ -24,6 +24,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise HarnessError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise HarnessError(f"device {name!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise HarnessError(f"device {name!r} requested but this machine shows {torch.cuda.device_count()} GPU(s)")
     return dev
 
 

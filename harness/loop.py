@@ -83,6 +83,22 @@ def set_rng_state(s: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(s["cuda"], device)
 
 
+def stop_handler(first_stop):
+    """A handler for SIGINT and SIGTERM: the first of them calls first_stop() (a graceful stop begins); the
+    other kind after it changes nothing (a launched job gets Ctrl-C from the terminal and SIGTERM from its
+    launcher; a scheduler may follow a Ctrl-C); the same signal again stops now."""
+    seen: set[int] = set()
+
+    def handler(signum, frame):
+        if signum in seen:
+            raise KeyboardInterrupt
+        seen.add(signum)
+        if len(seen) == 1:
+            first_stop()
+
+    return handler
+
+
 class _StopFlag:
     """SIGINT (Ctrl-C) and SIGTERM (kill, schedulers) set a flag the loop reads between iterations,
     so the checkpoint is written between steps, never mid-step."""
@@ -98,12 +114,7 @@ class _StopFlag:
             yield self
             return
         previous = {s: signal.getsignal(s) for s in self.SIGNALS}
-
-        def handler(signum, frame):
-            if self.raised:  # a second signal: stop now
-                raise KeyboardInterrupt
-            self.raised = True
-
+        handler = stop_handler(lambda: setattr(self, "raised", True))  # the same signal again: stop now
         for s in self.SIGNALS:
             signal.signal(s, handler)
         try:

@@ -273,39 +273,117 @@ def test_a_bad_local_parallel_setting_is_one_line_before_any_job(runs, monkeypat
     assert not (runs / "submitit").exists()
 
 
+def test_a_stop_signal_of_the_other_kind_does_not_cut_a_graceful_stop_short():
+    """A launched job gets Ctrl-C from the terminal and SIGTERM from its launcher: the second kind is not the
+    impatient second Ctrl-C that stops at once; the same signal again is."""
+    import signal
+
+    from harness.loop import stop_handler
+
+    stops = []
+    h = stop_handler(lambda: stops.append(1))
+    h(signal.SIGINT, None)
+    h(signal.SIGTERM, None)
+    assert stops == [1]
+    with pytest.raises(KeyboardInterrupt):
+        h(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt):
+        h(signal.SIGINT, None)
+
+
+def _sigmask(pid: int, field: str) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1], 16)
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
-def test_local_jobs_see_the_gpu_they_are_given_and_stop_through_their_controller(tmp_path, monkeypatch):
-    """submitit hands its local jobs CUDA_VISIBLE_DEVICES="" (no GPU) unless told: each job gets one of this
-    process's GPUs by the name CUDA_VISIBLE_DEVICES gives it (an index or a UUID). Its controller ignores SIGINT, and
-    stop_local reaches it through the shell that runs the setup line."""
+def test_local_jobs_see_their_gpu_and_stop_through_their_controller(tmp_path, monkeypatch):
+    """submitit hands its local jobs CUDA_VISIBLE_DEVICES="" (no GPU): each job gets one of this process's GPUs
+    by the name CUDA_VISIBLE_DEVICES gives it (an index or a UUID). Its controller never takes a Ctrl-C (SIGINT
+    blocked), and stop_local's SIGTERM reaches the job through it."""
+    import os
     import signal
     import time
 
     import submitit
 
-    from harness.launch import controller_pid, stop_local, submit_local, visible_gpus
+    from harness.launch import local_gpus, stop_local, submit_local
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a, 3")
-    assert visible_gpus() == ["GPU-8f2a", "3"]
+    assert local_gpus("auto") == ["GPU-8f2a", "3"] and local_gpus("cuda:1") == ["3"] and local_gpus("cpu") == []
+    with pytest.raises(HarnessError, match="runtime.device='cuda:2': this machine shows 2 GPU"):
+        local_gpus("cuda:2")
     ex = submitit.AutoExecutor(folder=str(tmp_path), cluster="local")
     ex.update_parameters(timeout_min=5)
-    job_env = lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES", "unset")  # noqa: E731 (read in the job)
-    assert [submit_local(ex, gpu, job_env).result() for gpu in ("GPU-8f2a", "3", None)] == ["GPU-8f2a", "3", ""]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's handler is back
+    ready = tmp_path / "ready"
 
-    def stoppable_sleep():  # stops on SIGINT/SIGTERM as the harness's jobs do (submitit's job ignores SIGTERM)
-        from harness.launch import _job_signals
+    def job(gpu, wait):  # nested: pickled by value (the job cannot import this file)
+        import os
+        import time
+        from pathlib import Path
 
-        _job_signals()
-        __import__("time").sleep(600)
+        from harness.launch import _job_start
 
-    job = submit_local(ex, "3", stoppable_sleep)  # nested: pickled by value, the job cannot import this file
-    time.sleep(2)
-    ctl = controller_pid(int(job.job_id))
-    assert ctl != int(job.job_id) and b"submitit.local._local" in Path(f"/proc/{ctl}/cmdline").read_bytes()
-    status = Path(f"/proc/{ctl}/status").read_text().splitlines()
-    ign = int(next(x for x in status if x.startswith("SigIgn:")).split()[1], 16)
-    assert ign & (1 << (signal.SIGINT - 1))  # the controller ignores Ctrl-C
+        _job_start(gpu)
+        if wait:
+            Path(wait).write_text(str(os.getpid()))
+            time.sleep(600)
+        return os.environ["CUDA_VISIBLE_DEVICES"]
+
+    started = []
+    assert [submit_local(ex, started, job, gpu, None).result() for gpu in ("GPU-8f2a", "3", None)] == \
+        ["GPU-8f2a", "3", ""]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == set()  # this process takes Ctrl-C again
+
+    j = submit_local(ex, started, job, None, str(ready))
+    for _ in range(300):
+        if ready.exists():
+            break
+        time.sleep(0.1)
+    task, ctl = int(ready.read_text()), int(j.job_id)
+    assert _sigmask(ctl, "SigBlk") & (1 << (signal.SIGINT - 1))  # the controller never takes a Ctrl-C
+    assert not _sigmask(task, "SigBlk") & (1 << (signal.SIGINT - 1))  # the job does
+    os.kill(ctl, signal.SIGINT)
+    time.sleep(0.5)
+    assert not j.done()
     t0 = time.monotonic()
-    stop_local([job], own_s=0.5, grace_s=30)
-    assert job.done() and time.monotonic() - t0 < 30
+    stop_local([j], grace_s=30, log=lambda *_: None)
+    assert j.done() and time.monotonic() - t0 < 30
+    assert not Path(f"/proc/{task}").exists() and not Path(f"/proc/{ctl}").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_local_launch_checkpoints_its_runs_and_leaves_no_job(runs, how):
+    """Ctrl-C in a terminal (SIGINT to every process of the group: the command, the controllers, the jobs) or
+    SIGTERM to the command alone: exit 130, the run interrupted with a checkpoint written at the stop (not at
+    the last evaluation), no traceback on the terminal, no process left running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "mnist", "--profile", "smoke", "--methods",
+                          "dfad", "--seeds", "0", "--runs-dir", str(runs), "--no-report", "--launcher", "local",
+                          *TINY, "budget.iterations=100000", "budget.eval_every=1000", "tracking.wandb.mode=disabled"],
+                         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    rd = runs / "mnist" / "dfad" / "seed-0"
+    t0 = time.monotonic()
+    while not (rd / "checkpoint.pt").exists() and time.monotonic() - t0 < 120:  # written at the first evaluation
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    if how == "ctrl-c":
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 130 and "Traceback" not in out, out
+    assert json.loads((rd / "summary.json").read_text())["status"] == "interrupted"
+    assert torch.load(rd / "checkpoint.pt", weights_only=True)["iteration"] > 1000
+    left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert not left, left
