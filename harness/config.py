@@ -5,6 +5,7 @@ A suite's top level holds the `paper` settings; `profiles.<name>` overlays them 
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import hashlib
 import json
@@ -12,7 +13,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -250,7 +251,7 @@ class Suite(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     methods: dict[str, Optional[dict[str, Any]]]
     runtime: RuntimeCfg = Field(default_factory=RuntimeCfg)
-    paper: dict[str, float] = Field(default_factory=dict)  # the paper's numbers, beside ours in reports
+    paper: dict[str, Union[float, Literal["FAILED"]]] = Field(default_factory=dict)  # the paper's numbers (or its FAILED), beside ours
     notes: dict[str, str] = Field(default_factory=dict)  # per profile: what was scaled and why
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
     search: dict[str, dict[str, SearchParam]] = Field(default_factory=dict)  # per method, for `tune`
@@ -457,14 +458,29 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         raw = deep_merge(raw, read_yaml(Path(params_file), "--params file"))
         source = f"{path} with --params {params_file}"
     overridden = []
+    has = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
     for text in overrides:
         parts, value = parse_override(text)
+        if (len(parts) > 1 and parts[0] == "methods" and parts[1] not in has and parts[1] not in (methods or [])
+                and parts[1] in registered_methods()):  # (an unknown name is refused as such when validated)
+            # it would add a method with its built-in defaults to every run of the suite
+            names = ", ".join(has) or "none"
+            hint = (f"; did you mean {close[0]!r}?" if (close := difflib.get_close_matches(parts[1], list(has), 1))
+                    else f"; run a method outside it with --methods {parts[1]} (its defaults, then this override)")
+            raise HarnessError(f"override {text.strip()}: suite {path.stem} has no method {parts[1]!r} "
+                               f"(its methods: {names}){hint}")
         apply_override(raw, parts, value)
         overridden.append((".".join(parts), text.strip()))
     try:
         return _select_and_validate(raw, path, source, methods, seeds)
     except HarnessError as e:
         raise _blame_override(e, source, overridden) from None
+
+
+def registered_methods() -> list[str]:
+    import methods  # noqa: F401  (register every method)
+
+    return METHODS.names()
 
 
 def _blame_override(e: HarnessError, source: str, overridden: list[tuple[str, str]]) -> HarnessError:

@@ -314,7 +314,7 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
         model = freeze(model.to(device))
         acc = evaluate(model, spec.load("test"), device)
         info = {"source": "checkpoint", "path": str(path.resolve()), "sha256": file_digest(str(path)), "test_acc": acc,
-                "model": suite.teacher.model.name, "dataset": suite.dataset}
+                "model": suite.teacher.model.model_dump(mode="json"), "dataset": suite.dataset}
         write_json(suite_record, info)
         return Teacher(model, acc, "checkpoint", path, info)
 

@@ -45,7 +45,7 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
             line += ([c.flops] if t.flops else []) + [text]
             b += ([False] if t.flops else []) + [(r, d) in bold_cells]
             if with_paper == "delta":
-                v = c.mean - c.paper if c.status == "ok" and c.paper is not None else None
+                v = c.mean - c.paper if c.status == "ok" and isinstance(c.paper, (int, float)) else None
                 line.append("" if v is None else f"{'+' if v >= 0 else m.minus}{abs(v):.3f}")
                 b.append(False)
         data.append(line), bold.append(b), italic.append([False] * len(b))
@@ -54,7 +54,7 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
             pl = []
             for d in t.columns:
                 p = t.cells[(r, d)].paper
-                pl += ([""] if t.flops else []) + [f"{p:.3f}" if p is not None else ""]
+                pl += ([""] if t.flops else []) + [f"{p:.3f}" if isinstance(p, (int, float)) else p or ""]  # or FAILED
             data.append(pl), bold.append([False] * len(pl)), italic.append([True] * len(pl))
             index.append((m.paper_row, f"paper:{r}")), rows.append(f"paper:{r}")
     idx = pd.MultiIndex.from_tuples(index)

@@ -112,20 +112,28 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
 
 
 def teacher_flops(suite: Suite, summary: dict) -> str:
-    """The teacher's MACs: recorded, else counted on a freshly built (untrained) copy of the teacher it records;
-    none for a suite without a teacher yet (the loaded profile's models need not be those its runs will use)."""
+    """The teacher's MACs: recorded, else counted on a freshly built (untrained) copy of the teacher the record
+    names (its model and kwargs, which another profile than the loaded one may have set); none for a suite without
+    a teacher yet (the loaded profile's models need not be those its runs will use)."""
     if summary.get("macs"):
         return human_macs(float(summary["macs"]))
     if not summary:
         return ""
     try:
+        from harness.config import ModelCfg
         from harness.data import get_dataset
-        from harness.models import count_macs
-        from harness.teacher import build_teacher_model
+        from harness.models import build_model, count_macs
 
-        spec = get_dataset(suite.dataset)
-        return human_macs(count_macs(build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes),
-                                     spec.input_shape))
+        model = summary.get("model")
+        if isinstance(model, dict):
+            cfg = ModelCfg.model_validate(model)
+        elif model in (None, suite.teacher.model.name) and summary.get("source") != "checkpoint":
+            cfg = suite.teacher.model
+        else:  # a checkpoint recorded by name only (before its kwargs were recorded): not known which
+            return ""
+        spec = get_dataset(summary.get("dataset") or suite.dataset)
+        return human_macs(count_macs(build_model(cfg.name, num_classes=spec.num_classes,
+                                                 in_channels=spec.input_shape[0], **cfg.kwargs), spec.input_shape))
     except Exception:  # a FLOPs figure is not worth failing a report over
         return ""
 

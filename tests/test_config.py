@@ -92,6 +92,21 @@ def test_bad_config_is_one_line_error_naming_it(override, fragment):
         assert msg.startswith(f"override {override}: "), msg  # the override is named, not the suite file
 
 
+def test_an_override_for_a_method_outside_the_suite_is_refused_not_added_with_defaults():
+    """`methods.dfad.lr_S=0.1` on the ablation suite (variants dfad_mae/mse/kld) once added a fourth method, DFAD
+    with its built-in defaults, to every run and report of the suite; a method outside the suite is run with
+    --methods, and then its overrides apply."""
+    with pytest.raises(HarnessError) as e:
+        load_suite("ablation-loss", "smoke", ["methods.dfad.lr_S=0.1"])
+    assert str(e.value).startswith("override methods.dfad.lr_S=0.1: suite ablation-loss has no method 'dfad' "
+                                   "(its methods: dfad_mae, dfad_mse, dfad_kld); did you mean"), e.value
+    with pytest.raises(HarnessError, match=r"suite camvid has no method 'zskt' .*--methods zskt"):
+        load_suite("camvid", "smoke", ["methods.zskt.lr_S=0.1"])
+    s = load_suite("camvid", "smoke", ["methods.zskt.lr_S=0.1"], methods=["zskt"])
+    assert s.method_names() == ["zskt"] and s.method_params("zskt").lr_S == 0.1
+    assert load_suite("mnist", "smoke", ["methods.zskt.lr_S=0.1"]).method_params("zskt").lr_S == 0.1  # in the suite
+
+
 @pytest.mark.parametrize("key,shown", [("\n", "'\\n'"), ("a b", "'a b'"), ("", "''"), ("x.y", "'x.y'")])
 def test_unknown_key_that_is_not_a_plain_word_is_quoted_on_one_line(tmp_path, key, shown):
     # found by tests/test_fuzz_config.py: a YAML key "\n" made a two-line error

@@ -419,3 +419,46 @@ def test_a_summary_that_disagrees_with_its_evaluations_is_named(golden, capsys):
     err = capsys.readouterr().err
     assert f"warning: {p.parent}: summary.json's best_acc 0.9990 is not what metrics.csv's evaluations give " \
            "(0.9830); the table shows summary.json's" in err
+
+
+def test_teacher_flops_are_the_recorded_teachers_whatever_profile_is_loaded(tmp_path):
+    """A store made with the smoke profile, reported with --profile quick: the Teacher row's FLOPs are those of the
+    teacher its summary records (model and kwargs), not of the quick profile's teacher (1.30G against 10.4M on
+    CamVid)."""
+    from harness.data import get_dataset
+    from harness.models import build_model, count_macs, human_macs
+    from reports.table import teacher_flops
+
+    smoke, quick = load_suite("camvid", "smoke"), load_suite("camvid", "quick")
+    assert smoke.teacher.model != quick.teacher.model
+    spec = get_dataset("camvid")
+    own = human_macs(count_macs(build_model(smoke.teacher.model.name, num_classes=spec.num_classes,
+                                            in_channels=3, **smoke.teacher.model.kwargs), spec.input_shape))
+    for source in ("trained", "checkpoint"):
+        summary = {"test_acc": 0.03, "source": source, "dataset": "camvid",
+                   "model": smoke.teacher.model.model_dump(mode="json")}
+        assert teacher_flops(quick, summary) == own
+    # a checkpoint recorded by its model's name only (before the kwargs were recorded): no guess
+    assert teacher_flops(quick, {"test_acc": 0.03, "source": "checkpoint", "model": smoke.teacher.model.name}) == ""
+
+
+def test_a_method_the_paper_reports_as_failed_says_so_under_ours(tmp_path):
+    """Table 2: DAFL FAILED on Caltech101; the paper row under ours says FAILED (no Δ against it), and the row is
+    there even when the profile did not run DAFL."""
+    from reports.markdown import to_markdown
+    from reports.table import build_table
+
+    path = tmp_path / "caltech101.yaml"
+    path.write_text(SUITE.replace("paper: {teacher: 0.989, kd_ori: 0.988, kd_unr: 0.957, dafl: 0.981, dfad: 0.983}",
+                                  "paper: {teacher: 0.766, dafl: FAILED, dfad: 0.735}"))
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", "caltech101")
+    write_json(store.teacher_summary_path, {"test_acc": 0.7, "macs": 433000})
+    put(store, "dfad", 0, best=0.6)
+    t = build_table([suite], ["caltech101"], tmp_path / "runs")
+    lines = to_markdown(t, "under").splitlines()
+    dafl = next(i for i, x in enumerate(lines) if x.startswith("| DAFL"))
+    assert lines[dafl + 1].startswith("| *paper*") and "FAILED" in lines[dafl + 1], lines
+    delta = to_markdown(t, "delta").splitlines()
+    assert next(x for x in delta if x.startswith("| DAFL")).endswith("|  |"), delta  # no difference with FAILED
+    assert "0.135" in next(x for x in delta if x.startswith("| DFAD")), delta
