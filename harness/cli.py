@@ -176,7 +176,11 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
     if bool(paper_table) == bool(suites):
         raise HarnessError("give suites, or --paper-table cls|seg (not both)")
     names = PAPER_TABLES[paper_table] if paper_table else list(suites)
-    loaded = [_report_suite(n, runs_dir, profile, optional=bool(paper_table)) for n in names]
+    loaded = [_report_suite(n, runs_dir, profile, bool(paper_table), missing_ok=len(names) > 1) for n in names]
+    if not paper_table and (missing := [s.name for s in loaded if not (runs_dir / s.name).is_dir()]):
+        if len(missing) == len(loaded):
+            raise HarnessError(f"no runs of suites {', '.join(map(repr, missing))} under {runs_dir}")
+        typer.echo(f"warning: no runs of suite(s) {', '.join(map(repr, missing))} under {runs_dir}: n/a", err=True)
     paper = paper_as if with_paper else None
     t = multi_table(loaded, [s.dataset if s else n for s, n in zip(loaded, names)], runs_dir, metric,
                     paper_rows=bool(paper_table), ablation=ablation)
@@ -200,26 +204,24 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
     typer.echo(render(t, fmt, paper))
 
 
-def _report_suite(name: str, runs_dir: Path, profile: str | None, optional: bool):
-    """A suite loaded with the profile its runs were stored under; None for a paper-table dataset with no
-    suite file or no runs (its column shows n/a)."""
+def _report_suite(name: str, runs_dir: Path, profile: str | None, paper_table: bool, missing_ok: bool):
+    """A suite loaded with the profile its runs were stored under; None for a paper-table dataset with no suite
+    file. A suite without runs is an error, or, where missing_ok (a column among others), n/a cells."""
     from .config import BENCHMARKS_DIR
     from .data import READING_STORED_RUNS
 
-    if optional and not (BENCHMARKS_DIR / f"{name}.yaml").is_file():
+    if paper_table and not (BENCHMARKS_DIR / f"{name}.yaml").is_file():
         return None
     stored = _stored_profile(name, runs_dir)
-    if profile and stored and profile != stored:
-        typer.echo(f"warning: {name}'s runs under {runs_dir} were made with profile {stored}, not {profile}; "
-                   f"the report's titles name {profile}, its cells each run's own", err=True)
     token = READING_STORED_RUNS.set(True)  # a report reads the run store, not the suite's own data
     try:
         s = _load(name, profile or stored, [], announce=False)
     finally:
         READING_STORED_RUNS.reset(token)
-    if not (runs_dir / s.name).is_dir():
-        if optional:
-            return s
+    if profile and stored and profile != stored:
+        typer.echo(f"warning: {name}'s runs under {runs_dir} were made with profile {stored}, not {profile}; "
+                   f"the report's titles name {profile}, its cells each run's own", err=True)
+    if not missing_ok and not (runs_dir / s.name).is_dir():
         raise HarnessError(f"no runs of suite {s.name!r} under {runs_dir}")
     return s
 

@@ -185,11 +185,13 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
     defined = {r: defining_suite(r, suites) for r in rows}
     t = Table(rows, columns, cells, {r: group(r, defined[r]) for r in rows}, value_names=values,
               row_labels={r: label(r, defined[r]) for r in rows})
-    # the profiles the stored runs were made with (the suite's loaded one only where none is recorded)
+    # the profiles the stored runs were made with (the suite's loaded one where runs recorded none; a suite with
+    # no runs names none, unless no suite has any)
+    stored = [s for s in suites if s is not None and (Path(runs_dir) / s.name).is_dir()]
     profiles = set()
-    for s in suites:
-        if s is not None and (Path(runs_dir) / s.name).is_dir():
-            profiles |= set(frames[s.name]["profile"].dropna()) or {s.profile}
+    for s in stored:
+        profiles |= set(frames[s.name]["profile"].dropna()) or ({s.profile} if len(frames[s.name]) else set())
+    profiles = profiles or {s.profile for s in stored}
     t.caption = caption(t, sorted(profiles), metric)
     return t
 

@@ -462,3 +462,30 @@ def test_a_method_the_paper_reports_as_failed_says_so_under_ours(tmp_path):
     delta = to_markdown(t, "delta").splitlines()
     assert next(x for x in delta if x.startswith("| DAFL")).endswith("|  |"), delta  # no difference with FAILED
     assert "0.135" in next(x for x in delta if x.startswith("| DFAD")), delta
+
+
+def test_a_suite_without_runs_adds_no_profile_to_the_caption(golden, tmp_path):
+    """`report mnist nyuv2` where nyuv2's folder holds no run (a run that stopped for want of data leaves it):
+    the caption names the profiles of the runs shown, not a guess from the suite loaded for the empty one."""
+    from reports.table import build_table
+
+    suite, runs = golden
+    other = tmp_path / "other.yaml"
+    other.write_text(SUITE + "profiles: {quick: {budget: {iterations: 10, eval_every: 5}}}\n")
+    empty = load_suite(str(other), "quick")
+    (runs / "other").mkdir()
+    t = build_table([suite, empty], ["mnist", "other"], runs)
+    assert t.caption.endswith("profile: paper."), t.caption
+
+
+def test_a_report_over_several_suites_shows_one_without_runs_as_n_a(golden):
+    """`report mnist camvid` where camvid has not run: its column is n/a with a warning (as in --paper-table), not
+    an error that prints nothing; only when no suite has runs is it an error."""
+    _, runs = golden
+    suite_file = str(runs.parent / "mnist.yaml")
+    r = CliRunner().invoke(app, ["report", suite_file, "camvid", "--runs-dir", str(runs), "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert f"warning: no runs of suite(s) 'camvid' under {runs}: n/a" in r.output
+    assert "| Method | MNIST FLOPs | MNIST Acc. | CamVid FLOPs | CamVid mIoU |" in r.output
+    bad = CliRunner().invoke(app, ["report", "camvid", "nyuv2", "--runs-dir", str(runs)])
+    assert bad.exit_code == 2 and "no runs of suites 'camvid', 'nyuv2'" in bad.output, bad.output
