@@ -205,6 +205,7 @@ CASES = [
                                                          "--study", "../escape", "--runs-dir", "{t}/tune"]),
     Case("tune: a real range over a whole-number hyperparameter",
          ["tune", "mnist", "--method", "dfad", "--profile", "smoke", "search.dfad.k.high=10.0", "--runs-dir", "{t}/tune"]),
+    Case("a flag's value out of range (speed --iters 0)", ["speed", "mnist", "--profile", "smoke", "--iters", "0"]),
     Case("--launcher local: a bad DFAD_LOCAL_PARALLEL", ["run", "mnist", *SMOKE, "--seeds", "1", *R, "--launcher", "local"],
          env={"DFAD_LOCAL_PARALLEL": "two"}),
 ]

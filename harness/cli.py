@@ -333,8 +333,27 @@ from .tune import tune_command  # noqa: E402  (tune.py imports cli only inside t
 app.command("tune")(guarded(tune_command))
 
 
-def main():
-    app()
+def main() -> int:
+    """The `dfad-bench` command: as `app`, but a usage error (an unknown option or command, a flag's bad value) is
+    one line naming it, like every other bad input, not a framed box."""
+    from typer._click import exceptions as click  # typer's own click, whose errors its commands raise
+
+    try:
+        rc = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as e:
+        typer.echo(e.format_message())
+        return 0
+    except click.UsageError as e:
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
+        typer.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+        return e.exit_code
+    except click.ClickException as e:
+        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        return e.exit_code
+    except click.Abort:  # Ctrl-C while click itself read input
+        typer.echo("interrupted", err=True)
+        return 130
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -215,3 +215,24 @@ def test_a_stop_signal_swallowed_on_the_way_still_stops_the_command():
         command()
     assert e.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+
+
+@pytest.mark.parametrize("args,said", [
+    (["speed", "mnist", "--iters", "0"], "error: Invalid value for '--iters': Input should be greater than or equal "
+                                         "to 1 (see dfad-bench speed --help)"),
+    (["tune", "mnist", "--method", "dfad", "--trials", "abc"], "error: Invalid value for '--trials'"),
+    (["run", "mnist", "--nosuch"], "error: No such option: --nosuch (see dfad-bench run --help)"),
+    (["bogus"], "error: No such command 'bogus'."),
+])
+def test_a_usage_error_is_one_line_like_any_bad_input(args, said):
+    """click's framed box (six lines) was the one kind of bad input that was not a one-line error."""
+    r = subprocess.run([sys.executable, "-c", "import sys; from harness.cli import main; sys.argv[0] = 'dfad-bench'; "
+                        "sys.exit(main())", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith(said) and r.stderr.count("\n") == 1, r.stderr
+    assert not r.stdout
+
+
+def test_help_and_no_arguments_still_show_the_commands():
+    for args in ([], ["--help"]):
+        r = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 0 and "Usage: " in r.stdout and "tune" in r.stdout, (args, r.stderr)
