@@ -101,6 +101,8 @@ class Method:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "samplers": {k: s.state_dict() for k, s in self.samplers.items()},
+            # images through the teacher so far (a method that counts them in `count`): a resumed run goes on counting
+            **({"teacher_images": self.teacher_images} if getattr(self, "teacher_images", None) is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -110,6 +112,8 @@ class Method:
                 raise ValueError(f"checkpoint {group} {sorted(state[group])} != {sorted(own)}")
             for k, v in state[group].items():
                 own[k].load_state_dict(v)
+        if getattr(self, "teacher_images", None) is not None:
+            self.teacher_images = state.get("teacher_images", 0)
 
 
 def schedule_factor(kind: str, iterations: int, milestones=(), gamma: float = 0.1) -> Callable[[int], float]:

@@ -72,13 +72,6 @@ class AdversarialMethod(Method):
         self.generator.train()
         self.teacher_images = 0  # images through the teacher (`count`): the runner records it for equal-cost reading
 
-    def state_dict(self):
-        return {**super().state_dict(), "teacher_images": self.teacher_images}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.teacher_images = state.get("teacher_images", 0)
-
     def noise(self) -> torch.Tensor:
         return torch.randn(self.p.batch_size, self.p.nz, device=self.ctx.device)
 

@@ -47,10 +47,12 @@ class KDOri(Method):
         self.optimizers["student"] = self.opt
         self.schedulers["student"] = make_scheduler(self.opt, p.schedule, c.iterations, p.milestones, p.gamma)
         c.student.train()
+        self.teacher_images, self.batch_images = 0, 0  # images through the teacher (`count`), as the data-free methods
 
     def step(self, it):
         c = self.ctx
         x, y = next(self.batches)
+        self.batch_images = x.shape[0]  # a small own dataset may give smaller batches
         x = c.prepare(x)
         with torch.no_grad(), c.autocast():
             t = c.teacher(x)
@@ -63,6 +65,9 @@ class KDOri(Method):
         loss.backward()
         self.opt.step()
         return {"loss_S": loss.detach()}
+
+    def count(self):
+        self.teacher_images += self.batch_images
 
     def sample(self, n):
         return None
