@@ -196,11 +196,12 @@ def _local(ex, suite: Suite, dump: dict, runs_dir: Path, force: bool, gpus: list
     runs = planned_runs(suite)
     parallel = min(parallel or max(1, len(gpus)), max(1, len(runs)))
     threads = max(1, env.thread_count(suite.runtime.threads) // parallel)
-    dump = {**dump, "runtime": {**dump["runtime"], "threads": threads,
-                                **({"device": "cuda"} if gpus else {})}}  # each job sees its one GPU as cuda:0
+    one_gpu = {"device": "cuda"} if gpus else {}  # each job sees its one GPU as cuda:0
+    teacher_dump = {**dump, "runtime": {**dump["runtime"], **one_gpu}}  # the teacher trains alone: every thread
+    dump = {**dump, "runtime": {**dump["runtime"], "threads": threads, **one_gpu}}
     started: list = []
     try:
-        job = submit_local(ex, started, _teacher_job, dump, str(runs_dir), gpus[0] if gpus else None)
+        job = submit_local(ex, started, _teacher_job, teacher_dump, str(runs_dir), gpus[0] if gpus else None)
         log(f"local: teacher job {job.job_id}")
         _teacher_acc(job, ex, log)
         shared = "" if not gpus else ", one GPU each" if parallel <= len(gpus) else f", {len(gpus)} GPU(s) in turn"
