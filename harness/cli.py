@@ -39,7 +39,7 @@ def _csv(text: str | None, cast=str, what="list") -> list | None:
     return items
 
 
-def _load(suite, profile, overrides, methods=None, seeds=None, params=None, announce=True):
+def _load(suite, profile, overrides, methods=None, seeds=None, params=None, announce=True, also=None):
     import methods as _  # noqa: F401  (register every method)
 
     from .config import default_profile, load_suite, read_yaml, suite_path
@@ -50,7 +50,8 @@ def _load(suite, profile, overrides, methods=None, seeds=None, params=None, anno
         names = ["paper", *(profiles if isinstance(profiles, dict) else [])]
         choose = f"--profile {'|'.join(names)} to choose" if len(names) > 1 else "the suite has no other profiles"
         typer.echo(f"profile: {name} ({why}; {choose})", err=True)
-    return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params)
+    return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params,
+                      also_methods=_csv(also, str, "methods"))
 
 
 _stopped = threading.Event()  # a stop signal arrived during the command, even if something swallowed it
@@ -132,8 +133,8 @@ def run(suite: str = typer.Argument(..., help="suite name in benchmarks/ or path
     else:
         outcome = run_suite(s, runs_dir, force, callbacks=trackers(s, runs_dir))
     if report:  # the suite's whole table, not only the methods this command ran (--methods)
-        _report(_load(suite, profile, overrides, None, seeds, str(params) if params else None, announce=False)
-                if methods else s, runs_dir)
+        _report(_load(suite, profile, overrides, None, seeds, str(params) if params else None, announce=False,
+                      also=methods) if methods else s, runs_dir)
     for line in outcome.messages():
         typer.echo(line, err=True)
     if outcome.crashed:  # diverged or not-applicable runs are results (FAILED, n/a); a crash measured nothing

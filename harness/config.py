@@ -438,7 +438,9 @@ def default_profile(profiles=None) -> tuple[str, str]:
 
 def load_suite(name_or_path: str, profile: str | None = None, overrides: list[str] = (),
                methods: list[str] | None = None, seeds: list[int] | None = None,
-               params_file: str | None = None) -> Suite:
+               params_file: str | None = None, also_methods: list[str] | None = None) -> Suite:
+    """also_methods: methods outside the suite that overrides may set (those a command runs with --methods even
+    where this load selects the whole suite, e.g. for the report after the runs)."""
     path = suite_path(name_or_path)
     raw = read_yaml(path)
     profiles = raw.pop("profiles", {}) or {}
@@ -461,7 +463,7 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
     has = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
     for text in overrides:
         parts, value = parse_override(text)
-        if (len(parts) > 1 and parts[0] == "methods" and parts[1] not in has and parts[1] not in (methods or [])
+        if (len(parts) > 1 and parts[0] == "methods" and parts[1] not in has and parts[1] not in [*(methods or []), *(also_methods or [])]
                 and parts[1] in registered_methods()):  # (an unknown name is refused as such when validated)
             # it would add a method with its built-in defaults to every run of the suite
             names = ", ".join(has) or "none"

@@ -236,3 +236,21 @@ def test_help_and_no_arguments_still_show_the_commands():
     for args in ([], ["--help"]):
         r = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
         assert r.returncode == 0 and "Usage: " in r.stdout and "tune" in r.stdout, (args, r.stderr)
+
+
+def test_a_method_outside_the_suite_runs_with_methods_and_its_overrides_then_the_report(runs):
+    """`--methods random methods.random.k=1` on the ablation suite (DFAD variants only): the run uses the override,
+    and the whole-suite report after it takes the same override (not refused as a method outside the suite)."""
+    from typer.testing import CliRunner
+
+    from conftest import SMOKE_TEACHER
+    from harness.cli import app
+
+    r = CliRunner().invoke(app, ["run", "ablation-loss", "--profile", "smoke", "--methods", "random", "--seeds", "0",
+                                 "--runs-dir", str(runs), *SMOKE_TEACHER, "methods.random.batch_size=8",
+                                 "methods.random.k=1", "budget.iterations=2", "budget.eval_every=2",
+                                 "tracking.wandb.mode=disabled"])
+    assert r.exit_code == 0, r.output
+    assert "| RANDOM |" in r.output  # the report after the run
+    config = (runs / "ablation-loss" / "random" / "seed-0" / "config.yaml").read_text()
+    assert "k: 1" in config and "batch_size: 8" in config
