@@ -189,8 +189,9 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
         if len(loaded) == 1 and not paper_table:
             typer.echo(f"wrote {suite_report(loaded[0], runs_dir, metric, paper, figures_too=plots)}", err=True)
         if len(loaded) > 1 or paper_table or ablation:
-            stem = (f"paper-table-{paper_table}" if paper_table else
-                    ("ablation-" if ablation else "table-") + "+".join(s.name for s in loaded if s))
+            names = "+".join(s.name for s in loaded if s)
+            stem = (f"paper-table-{paper_table}" if paper_table else names if ablation and names.startswith("ablation")
+                    else ("ablation-" if ablation else "table-") + names)  # not ablation-ablation-loss
             out = write_multi(t, runs_dir, stem, paper, [s for s in loaded if s], ablation and plots)
             typer.echo(f"wrote {out}/{stem}.{{md,tex,csv,html}} and {stem}-standalone.tex", err=True)
     except OSError as e:

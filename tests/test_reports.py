@@ -489,3 +489,15 @@ def test_a_report_over_several_suites_shows_one_without_runs_as_n_a(golden):
     assert "| Method | MNIST FLOPs | MNIST Acc. | CamVid FLOPs | CamVid mIoU |" in r.output
     bad = CliRunner().invoke(app, ["report", "camvid", "nyuv2", "--runs-dir", str(runs)])
     assert bad.exit_code == 2 and "no runs of suites 'camvid', 'nyuv2'" in bad.output, bad.output
+
+
+def test_the_ablation_report_of_the_ablation_suite_is_not_named_twice(tmp_path):
+    path = tmp_path / "ablation-loss.yaml"
+    path.write_text(ABLATION)
+    store = Store(tmp_path / "runs", "ablation-loss")
+    for m, a in (("dfad_mae", 0.98), ("dfad_mse", 0.95), ("dfad_kld", 0.9)):
+        put(store, m, 0, best=a)
+    r = CliRunner().invoke(app, ["report", str(path), "--ablation", "--no-plots", "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "report" / "ablation-loss.md").is_file(), r.output
+    assert not list((tmp_path / "runs" / "report").glob("ablation-ablation*"))
