@@ -461,9 +461,10 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         source = f"{path} with --params {params_file}"
     overridden = []
     has = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
+    settable = {*has, *(methods or []), *(also_methods or [])}  # the suite's methods and those the command runs
     for text in overrides:
         parts, value = parse_override(text)
-        if (len(parts) > 1 and parts[0] == "methods" and parts[1] not in has and parts[1] not in [*(methods or []), *(also_methods or [])]
+        if (len(parts) > 1 and parts[0] == "methods" and parts[1] not in settable
                 and parts[1] in registered_methods()):  # (an unknown name is refused as such when validated)
             # it would add a method with its built-in defaults to every run of the suite
             names = ", ".join(has) or "none"

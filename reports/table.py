@@ -122,7 +122,8 @@ def teacher_flops(suite: Suite, summary: dict) -> str:
     try:
         from harness.config import ModelCfg
         from harness.data import get_dataset
-        from harness.models import build_model, count_macs
+        from harness.models import count_macs
+        from harness.teacher import build_teacher_model
 
         model = summary.get("model")
         if isinstance(model, dict):
@@ -132,8 +133,9 @@ def teacher_flops(suite: Suite, summary: dict) -> str:
         else:  # a checkpoint recorded by name only (before its kwargs were recorded): not known which
             return ""
         spec = get_dataset(summary.get("dataset") or suite.dataset)
-        return human_macs(count_macs(build_model(cfg.name, num_classes=spec.num_classes,
-                                                 in_channels=spec.input_shape[0], **cfg.kwargs), spec.input_shape))
+        teacher = suite.teacher.model_copy(update={"model": cfg})
+        return human_macs(count_macs(build_teacher_model(teacher, spec.input_shape, spec.num_classes),
+                                     spec.input_shape))
     except Exception:  # a FLOPs figure is not worth failing a report over
         return ""
 
