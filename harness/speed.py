@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import resource
 import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -104,6 +107,39 @@ def conv_peak(device, dtype, channels_last: bool, n: int | None = None, c: int =
     return 2 * n * c * c * 9 * hw * hw / best / 1e12
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB) since it started or since reset_peak_rss()."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return round(rss / (2**20 if sys.platform == "darwin" else 1024), 1)
+
+
+def _path_peak_rss(suite: Suite, method: str, fast: bool, steps: int) -> float:
+    """In a fresh process: peak RSS of one path alone (its teacher, models, data and `steps` iterations)."""
+    import methods  # noqa: F401  (register the methods in this fresh process)
+
+    env.apply_runtime(suite.runtime)
+    device = env.runtime_device(suite.runtime)
+    spec = get_dataset(suite.dataset)
+    m = build(suite, method, fast, device, build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes),
+              steps)
+    time_steps(m, stepper(m, m.ctx.cuda_graph), steps)
+    return peak_rss_mb()
+
+
+def path_peak_rss(suite: Suite, method: str, fast: bool, steps: int = 2) -> float:
+    """Peak RSS (MB) of one path measured in its own process: in the timing process both paths' models live
+    side by side and the allocator may keep one path's freed memory for the other, so its peak is of both."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_path_peak_rss, suite, method, fast, steps).result()
+
+
 def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
     env.apply_runtime(suite.runtime)
     device = env.runtime_device(suite.runtime)
@@ -165,7 +201,9 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     if device.type == "cuda":  # PyTorch's defaults, unchanged by the harness: fp32 convolutions may use TF32
         out["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": cudnn.allow_tf32}
     out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = peak_rss_mb()  # the timing process: both paths at once
+    for name in paths:
+        out[name]["peak_rss_mb"] = path_peak_rss(suite, method, name == "default", max(warmup, 1))
     out["matmul_peak_tflops"] = {"fp32": round(matmul_peak(device, torch.float32), 4)}
     cl = bool(paths["default"].ctx.channels_last)
     out["conv_peak_tflops"] = {"fp32": round(conv_peak(device, torch.float32, cl), 4)}

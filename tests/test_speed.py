@@ -42,6 +42,7 @@ def test_speed_command_prints_one_json_object():
     out = json.loads(r.stdout)
     for path in ("default", "plain"):
         assert out[path]["s_per_iter"] > 0 and out[path]["gflop_per_iter"] > 0
+        assert 0 < out[path]["peak_rss_mb"] <= out["peak_rss_mb"] + 500  # alone vs both paths in one process
     assert out["plain"]["precision"] == "fp32" and out["plain"]["channels_last"] is False
     assert out["speedup"] == round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
     assert out["matmul_peak_tflops"]["fp32"] > 0 and out["conv_peak_tflops"]["fp32"] > 0
@@ -161,3 +162,20 @@ def test_speed_of_a_method_without_a_generator_reports_no_fusion(mnist_data):
     for path in ("default", "plain"):
         assert out[path]["fused_upsample"] is False
         assert out[path]["gflop_per_iter"] == out[path]["nominal_gflop_per_iter"] > 0
+
+
+def test_each_path_peak_rss_is_its_own(mnist_data):
+    """Each path's peak RSS is measured alone, in a fresh process: not this process's peak, and it grows with
+    what the path holds."""
+    from harness import speed
+    from harness.config import load_suite
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc here")
+    big = torch.ones(256 * 2**20)  # 1 GB written here: this process's peak, not the path's
+    small = speed.path_peak_rss(load_suite("mnist", "smoke"), "dfad", fast=False, steps=1)
+    assert small < speed.peak_rss_mb() - 800, (small, speed.peak_rss_mb())
+    del big
+    large = speed.path_peak_rss(load_suite("mnist", "smoke", overrides=["methods.dfad.batch_size=2048"]), "dfad",
+                                fast=False, steps=1)
+    assert large > small + 100, (large, small)  # batch 2048 holds hundreds of MB of activations more
