@@ -252,6 +252,8 @@ class Suite(Strict):
     methods: dict[str, Optional[dict[str, Any]]]
     runtime: RuntimeCfg = Field(default_factory=RuntimeCfg)
     paper: dict[str, Union[float, Literal["FAILED"]]] = Field(default_factory=dict)  # the paper's numbers (or its FAILED), beside ours
+    # paper rows this suite cannot run, and why (e.g. the related data is not to be had): the report's footnote
+    unavailable: dict[str, str] = Field(default_factory=dict)
     notes: dict[str, str] = Field(default_factory=dict)  # per profile: what was scaled and why
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
     search: dict[str, dict[str, SearchParam]] = Field(default_factory=dict)  # per method, for `tune`
@@ -263,6 +265,13 @@ class Suite(Strict):
             folder_name("method", name)
             if name in ("teacher", "report"):  # the suite's own folders beside the methods'
                 raise ValueError(f"method name {name!r} is reserved (the suite's {name} folder)")
+        return v
+
+    @field_validator("unavailable")
+    @classmethod
+    def _unavailable_rows(cls, v, info):
+        if extra := sorted(set(v) - set(info.data.get("paper") or {})):
+            raise ValueError(f"{extra[0]!r} is not a row of `paper` (only the paper's rows can be marked unavailable)")
         return v
 
     @field_validator("seeds")
@@ -319,8 +328,8 @@ class Suite(Strict):
 
     def run_config(self, method: str, seed: int) -> dict:
         """The resolved config of one run: what config.yaml holds and what identifies the run."""
-        d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "notes", "description",
-                                                            "tracking", "search", "datasets"})
+        d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "unavailable", "notes",
+                                                            "description", "tracking", "search", "datasets"})
         if own := self.own_dataset():  # only then: the configs (and hashes) of runs on built-in data stay as they were
             d["dataset_def"] = own
         if self.teacher.checkpoint and (digest := file_digest(self.teacher.checkpoint)):

@@ -104,6 +104,8 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
             cell.flops = teacher_flops(suite, t)
         else:
             cell = aggregate(runs[runs["method"] == r], metric)
+            if cell.note == "not run" and r in suite.unavailable and r not in suite.methods:
+                cell.note = f"not run: {suite.unavailable[r]}"
             own = runs[runs["method"] == r]["student_macs"].dropna()
             cell.flops = human_macs(float(own.iloc[0])) if len(own) else student_flops
         cell.paper = suite.paper.get(r)

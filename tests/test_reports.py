@@ -464,6 +464,28 @@ def test_a_method_the_paper_reports_as_failed_says_so_under_ours(tmp_path):
     assert "0.135" in next(x for x in delta if x.startswith("| DFAD")), delta
 
 
+def test_a_paper_row_the_suite_cannot_run_says_why(tmp_path):
+    """KD-REL on CamVid needs Cityscapes: the footnote says that (the suite's `unavailable`), not a bare "not run";
+    a row marked so that does not exist in `paper` is a config error; the mark does not change runs' configs."""
+    from harness.errors import HarnessError
+
+    path = tmp_path / "camvid.yaml"
+    path.write_text(SUITE + "unavailable: {kd_unr: VOC2012 is not here}\n")
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", "camvid")
+    write_json(store.teacher_summary_path, {"test_acc": 0.7, "macs": 433000})
+    put(store, "dfad", 0, best=0.6)
+    notes = "\n".join(x for x in to_markdown(build_table([suite], ["camvid"], tmp_path / "runs")).splitlines()
+                      if x.startswith("<sup>"))
+    assert "not run: VOC2012 is not here" in notes, notes
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "camvid.yaml").write_text(SUITE)
+    assert suite.run_config("dfad", 0) == load_suite(str(tmp_path / "plain" / "camvid.yaml"), "paper").run_config("dfad", 0)
+    path.write_text(SUITE + "unavailable: {kd_rell: typo}\n")
+    with pytest.raises(HarnessError, match="kd_rell.*not a row of `paper`"):
+        load_suite(str(path), "paper")
+
+
 def test_a_suite_without_runs_adds_no_profile_to_the_caption(golden, tmp_path):
     """`report mnist nyuv2` where nyuv2's folder holds no run (a run that stopped for want of data leaves it):
     the caption names the profiles of the runs shown, not a guess from the suite loaded for the empty one."""
