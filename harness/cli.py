@@ -169,6 +169,8 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
     from reports.build import multi_table, suite_report, write_multi
     from reports.table import PAPER_TABLES, render
 
+    from .store import Store
+
     for opt, val, ok in (("--metric", metric, ("best", "final")), ("--format", fmt, ("latex", "md", "csv", "html")),
                          ("--paper-as", paper_as, ("under", "delta")), ("--paper-table", paper_table or "cls",
                                                                         tuple(PAPER_TABLES))):
@@ -178,7 +180,7 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
         raise HarnessError("give suites, or --paper-table cls|seg (not both)")
     names = PAPER_TABLES[paper_table] if paper_table else list(suites)
     loaded = [_report_suite(n, runs_dir, profile, bool(paper_table), missing_ok=len(names) > 1) for n in names]
-    if not paper_table and (missing := [s.name for s in loaded if not (runs_dir / s.name).is_dir()]):
+    if not paper_table and (missing := [s.name for s in loaded if not Store(runs_dir, s.name).has_runs()]):
         if len(missing) == len(loaded):
             raise HarnessError(f"no runs of suites {', '.join(map(repr, missing))} under {runs_dir}")
         typer.echo(f"warning: no runs of suite(s) {', '.join(map(repr, missing))} under {runs_dir}: n/a", err=True)
@@ -211,6 +213,7 @@ def _report_suite(name: str, runs_dir: Path, profile: str | None, paper_table: b
     file. A suite without runs is an error, or, where missing_ok (a column among others), n/a cells."""
     from .config import BENCHMARKS_DIR
     from .data import READING_STORED_RUNS
+    from .store import Store
 
     if paper_table and not (BENCHMARKS_DIR / f"{name}.yaml").is_file():
         return None
@@ -223,7 +226,7 @@ def _report_suite(name: str, runs_dir: Path, profile: str | None, paper_table: b
     if profile and stored and profile != stored:
         typer.echo(f"warning: {name}'s runs under {runs_dir} were made with profile {stored}, not {profile}; "
                    f"the report's titles name {profile}, its cells each run's own", err=True)
-    if not missing_ok and not (runs_dir / s.name).is_dir():
+    if not missing_ok and not Store(runs_dir, s.name).has_runs():
         raise HarnessError(f"no runs of suite {s.name!r} under {runs_dir}")
     return s
 

@@ -164,6 +164,11 @@ class Store:
                     continue
                 yield RunDir(sdir, mdir.name, seed)
 
+    def has_runs(self) -> bool:
+        """Whether there is anything to report: a teacher or a run (an empty folder, left by a run that stopped
+        before its first, has none)."""
+        return self.teacher_summary_path.is_file() or next(self.runs(), None) is not None
+
     @property
     def teacher_summary_path(self) -> Path:
         return self.dir / "teacher" / "summary.json"

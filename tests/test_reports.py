@@ -511,6 +511,11 @@ def test_a_report_over_several_suites_shows_one_without_runs_as_n_a(golden):
     assert "| Method | MNIST FLOPs | MNIST Acc. | CamVid FLOPs | CamVid mIoU |" in r.output
     bad = CliRunner().invoke(app, ["report", "camvid", "nyuv2", "--runs-dir", str(runs)])
     assert bad.exit_code == 2 and "no runs of suites 'camvid', 'nyuv2'" in bad.output, bad.output
+    # an empty folder (left by a run that stopped for want of data) has no runs either
+    (runs / "camvid").mkdir()
+    (runs / "camvid" / "dfad").mkdir()
+    empty = CliRunner().invoke(app, ["report", "camvid", "--runs-dir", str(runs)])
+    assert empty.exit_code == 2 and f"no runs of suite 'camvid' under {runs}" in empty.output, empty.output
 
 
 def test_the_ablation_report_of_the_ablation_suite_is_not_named_twice(tmp_path):
