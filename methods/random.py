@@ -1,8 +1,8 @@
 """RANDOM (the paper's data-free floor): the student imitates the teacher on random inputs.
 
-Same budget, student optimiser and discrepancy as DFAD, but the inputs are never searched for:
-Gaussian noise images (`source: noise`, default) or samples of an untrained GeneratorA that is never
-updated (`source: generator`, the paper's wording). No generation stage.
+Same budget, student optimiser and discrepancy as DFAD, but the inputs are never searched for: samples
+of an untrained generator that is never updated (`source: generator`, default: Table 2's "inputs from a
+fixed, untrained generator"), or Gaussian noise images (`source: noise`). No generation stage.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from methods.dfad import AdversarialMethod, DFADParams
 
 
 class RandomParams(DFADParams):
-    source: Literal["noise", "generator"] = "noise"
+    source: Literal["noise", "generator"] = "generator"
 
 
 @METHODS.register("random")
