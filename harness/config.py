@@ -251,7 +251,8 @@ class Suite(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     methods: dict[str, Optional[dict[str, Any]]]
     runtime: RuntimeCfg = Field(default_factory=RuntimeCfg)
-    paper: dict[str, Union[float, Literal["FAILED"]]] = Field(default_factory=dict)  # the paper's numbers (or its FAILED), beside ours
+    # the paper's numbers beside ours: a value, [mean, std] where the paper gives a spread, or its FAILED
+    paper: dict[str, Union[float, tuple[float, float], Literal["FAILED"]]] = Field(default_factory=dict)
     # paper rows this suite cannot run, and why (e.g. the related data is not to be had): the report's footnote
     unavailable: dict[str, str] = Field(default_factory=dict)
     notes: dict[str, str] = Field(default_factory=dict)  # per profile: what was scaled and why
@@ -265,6 +266,14 @@ class Suite(Strict):
             folder_name("method", name)
             if name in ("teacher", "report"):  # the suite's own folders beside the methods'
                 raise ValueError(f"method name {name!r} is reserved (the suite's {name} folder)")
+        return v
+
+    @field_validator("paper")
+    @classmethod
+    def _paper_spreads(cls, v):
+        for k, x in v.items():
+            if isinstance(x, tuple) and x[1] < 0:
+                raise ValueError(f"paper.{k}: [mean, std] with std >= 0, not {list(x)}")
         return v
 
     @field_validator("unavailable")

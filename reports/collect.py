@@ -160,7 +160,8 @@ class Cell:
     status: str = "na"  # ok | failed | na
     note: str | None = None  # the footnote's text: why FAILED / n/a, or that some seeds failed
     flops: str = ""
-    paper: float | None = None
+    paper: float | str | None = None  # the paper's value, or its "FAILED"
+    paper_std: float | None = None  # the paper's ± where it gives one
 
 
 def aggregate(runs: pd.DataFrame, metric: str) -> Cell:

@@ -53,14 +53,20 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
         if with_paper == "under" and any(t.cells[(r, d)].paper is not None for d in t.columns):
             pl = []
             for d in t.columns:
-                p = t.cells[(r, d)].paper
-                pl += ([""] if t.flops else []) + [f"{p:.3f}" if isinstance(p, (int, float)) else p or ""]  # or FAILED
+                pl += ([""] if t.flops else []) + [paper_text(t.cells[(r, d)], m.pm)]
             data.append(pl), bold.append([False] * len(pl)), italic.append([True] * len(pl))
             index.append((m.paper_row, f"paper:{r}")), rows.append(f"paper:{r}")
     idx = pd.MultiIndex.from_tuples(index)
     header = pd.MultiIndex.from_tuples([(m.escape(d), k) for d, k in cols])
     return (pd.DataFrame(data, index=idx, columns=header), pd.DataFrame(bold, index=idx, columns=header),
             pd.DataFrame(italic, index=idx, columns=header), rows)
+
+
+def paper_text(c, pm: str) -> str:
+    """The paper's value of a cell: "0.983 ± 0.002" where it gives a spread, its FAILED, or empty."""
+    if not isinstance(c.paper, (int, float)):
+        return c.paper or ""
+    return f"{c.paper:.3f}" + (f" {pm} {c.paper_std:.3f}" if c.paper_std is not None else "")
 
 
 def footnotes(t: Table) -> list[tuple[str, str]]:

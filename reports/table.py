@@ -108,7 +108,8 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
                 cell.note = f"not run: {suite.unavailable[r]}"
             own = runs[runs["method"] == r]["student_macs"].dropna()
             cell.flops = human_macs(float(own.iloc[0])) if len(own) else student_flops
-        cell.paper = suite.paper.get(r)
+        p = suite.paper.get(r)
+        cell.paper, cell.paper_std = p if isinstance(p, tuple) else (p, None)
         out[r] = cell
     return out
 
@@ -225,7 +226,8 @@ def tidy(t: Table) -> pd.DataFrame:
     """Long-format CSV rows: one per method x dataset, numbers unformatted."""
     return pd.DataFrame([{"method": r, "label": t.label(r), "group": t.groups[r], "dataset": col,
                           "status": c.status, "mean": c.mean, "std": c.std if c.status == "ok" else None, "n": c.n,
-                          "flops": c.flops, "paper": c.paper, "note": c.note}
+                          "flops": c.flops, "paper": c.paper, "paper_std": c.paper_std,
+                          "note": c.note}
                          for r in t.rows for col in t.columns for c in [t.cells[(r, col)]]])
 
 

@@ -16,7 +16,7 @@ from reports.ablation import ablation_table
 from reports.build import suite_report
 from reports.latex import standalone, to_latex
 from reports.markdown import to_markdown
-from reports.table import build_table
+from reports.table import build_table, tidy
 
 SUITE = """
 dataset: mnist
@@ -483,6 +483,31 @@ def test_a_paper_row_the_suite_cannot_run_says_why(tmp_path):
     assert suite.run_config("dfad", 0) == load_suite(str(tmp_path / "plain" / "camvid.yaml"), "paper").run_config("dfad", 0)
     path.write_text(SUITE + "unavailable: {kd_rell: typo}\n")
     with pytest.raises(HarnessError, match="kd_rell.*not a row of `paper`"):
+        load_suite(str(path), "paper")
+
+
+def test_the_paper_row_shows_the_papers_spread_where_it_gives_one(tmp_path):
+    """Table 2 gives DFAD on MNIST as 0.983 ± 0.002: the paper row says so in every format; Δ is against the mean;
+    the CSV keeps both numbers; a negative std is a config error."""
+    from harness.errors import HarnessError
+
+    path = tmp_path / "mnist.yaml"
+    path.write_text(SUITE.replace("dfad: 0.983}", "dfad: [0.983, 0.002]}"))
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", "mnist")
+    write_json(store.teacher_summary_path, {"test_acc": 0.99, "macs": 433000})
+    for seed, acc in ((0, 0.97), (1, 0.98)):
+        put(store, "dfad", seed, best=acc)
+    t = build_table([suite], ["mnist"], tmp_path / "runs")
+    md = to_markdown(t, "under").splitlines()
+    dfad = next(i for i, x in enumerate(md) if x.startswith("| DFAD"))
+    assert "0.983 ± 0.002" in md[dfad + 1], md
+    assert next(x for x in to_markdown(t, "delta").splitlines() if x.startswith("| DFAD")).endswith("| -0.008 |")
+    assert r"0.983 $\pm$ 0.002" in to_latex(t, "under")
+    row = tidy(t).set_index("method").loc["dfad"]
+    assert (row["paper"], row["paper_std"]) == (0.983, 0.002)
+    path.write_text(SUITE.replace("dfad: 0.983}", "dfad: [0.983, -0.002]}"))
+    with pytest.raises(HarnessError, match=r"paper.dfad: \[mean, std\] with std >= 0"):
         load_suite(str(path), "paper")
 
 
