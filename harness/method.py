@@ -1,7 +1,8 @@
 """What a method is to the shared loop: its hyperparameters, its setup, and one iteration.
 
-A method file subclasses `Method`, declares `Params` and implements `setup` and `step`; the loop owns
-the budget, evaluation, checkpoints, timing and progress.
+A method file subclasses `Method` (or `GeneratorMethod`, for methods that distil on a generator's images),
+declares `Params` and implements `setup` and `step`; the loop owns the budget, evaluation, checkpoints,
+timing and progress.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pydantic import ConfigDict, Field
 
 from .config import NoBoolNumbers
 from .data import ImageTensors
+from .errors import HarnessError, first_line
+from .models import build_model
 
 
 class Params(NoBoolNumbers):
@@ -146,3 +149,39 @@ def adam(params, lr, betas=(0.9, 0.999), weight_decay=0.0, device=None):
 ScheduleKind = Literal["none", "multistep", "cosine"]
 # a method's multistep milestones: fractions of budget.iterations (paper: epochs 100, 200 of 500 -> 0.2, 0.4)
 Milestones = list[Annotated[float, Field(gt=0, lt=1)]]  # 1.0 would be the end of the run: never reached
+
+
+class GeneratorMethod(Method):
+    """What every generator-based method shares: its generator (Params: generator, nz, ngf), registered for
+    checkpoints and laid out like the run, fresh noise on the device, and samples for the report."""
+
+    def build_generator(self):
+        """The method's generator on the device, registered for checkpoints."""
+        c, p = self.ctx, self.p
+        self.generator = build_model(p.generator, nz=p.nz, ngf=p.ngf, input_shape=c.input_shape).to(c.device)
+        if c.channels_last:
+            self.generator = self.generator.to(memory_format=torch.channels_last)
+        if hasattr(self.generator, "fused_upsample"):
+            self.generator.fused_upsample = c.fused_upsample
+        self.modules["generator"] = self.generator
+        with torch.no_grad():  # zeros in eval mode: no random numbers drawn, no BatchNorm statistics changed
+            try:
+                out = self.generator.eval()(torch.zeros(2, p.nz, device=c.device))
+            except Exception as e:
+                out = e
+            finally:
+                self.generator.train()
+        if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(c.input_shape):
+            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else f"{type(out).__name__}: {first_line(out)}"
+            raise HarnessError(f"{self.name}: generator {p.generator!r} does not make images of the input shape "
+                               f"{tuple(c.input_shape)} from noise of size nz={p.nz} (got {got})")
+
+    def noise(self) -> torch.Tensor:
+        return torch.randn(self.p.batch_size, self.p.nz, device=self.ctx.device)
+
+    @torch.no_grad()
+    def sample(self, n):
+        self.generator.eval()
+        x = self.generator(torch.randn(n, self.p.nz, device=self.ctx.device))
+        self.generator.train()
+        return x

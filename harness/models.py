@@ -37,10 +37,9 @@ class LeNet5(nn.Module):
         x = F.relu(self.conv3(x))
         # Inputs larger than 32x32 leave a spatial map; pool it so any size works.
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1) if x.shape[-1] > 1 else x, 1)
-        feat = F.relu(self.fc1(x))
-        out = self.fc2(feat)
-        if return_features:
-            return out, Features(penultimate=feat, stages=[])
+        out = self.fc2(F.relu(self.fc1(x)))
+        if return_features:  # DAFL's lenet.py: the features are the 120 entering the classifier (fc1, fc2)
+            return out, Features(penultimate=x, stages=[])
         return out
 
 
@@ -101,9 +100,10 @@ class CifarResNet(nn.Module):
 
 
 class GeneratorA(nn.Module):
-    """DFAD's GeneratorA; adapts to any (C, H, W): starts at ceil(H/4) x ceil(W/4), resizes at the end."""
+    """DFAD's GeneratorA; adapts to any (C, H, W): starts at ceil(H/4) x ceil(W/4), resizes at the end.
+    bn_eps: of the two BatchNorms after the convolutions (DAFL's generator has 0.8 there)."""
 
-    def __init__(self, nz=100, ngf=64, input_shape=(1, 32, 32)):
+    def __init__(self, nz=100, ngf=64, input_shape=(1, 32, 32), bn_eps: float = 1e-5):
         super().__init__()
         nc, h, w = input_shape
         self.nz, self.out_hw = nz, (h, w)
@@ -111,10 +111,10 @@ class GeneratorA(nn.Module):
         self.l1 = nn.Linear(nz, ngf * 2 * self.init_hw[0] * self.init_hw[1])
         self.conv_blocks0 = nn.BatchNorm2d(ngf * 2)
         self.conv_blocks1 = nn.Sequential(
-            nn.Conv2d(ngf * 2, ngf * 2, 3, 1, 1), nn.BatchNorm2d(ngf * 2), nn.LeakyReLU(0.2, inplace=True)
+            nn.Conv2d(ngf * 2, ngf * 2, 3, 1, 1), nn.BatchNorm2d(ngf * 2, bn_eps), nn.LeakyReLU(0.2, inplace=True)
         )
         self.conv_blocks2 = nn.Sequential(
-            nn.Conv2d(ngf * 2, ngf, 3, 1, 1), nn.BatchNorm2d(ngf), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ngf * 2, ngf, 3, 1, 1), nn.BatchNorm2d(ngf, bn_eps), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(ngf, nc, 3, 1, 1), nn.Tanh(), nn.BatchNorm2d(nc, affine=False),
         )
 
@@ -139,6 +139,13 @@ class GeneratorA(nn.Module):
             return self._up(img, self.conv_blocks2)
         img = F.interpolate(F.interpolate(img, scale_factor=2), size=self.out_hw, mode="bilinear", align_corners=False)
         return self.conv_blocks2(img)
+
+
+@MODELS.register("generator_dafl")
+def generator_dafl(nz=100, ngf=64, input_shape=(1, 32, 32), **_):
+    """DAFL's generator: GeneratorA whose two BatchNorms after the convolutions have eps 0.8 (DAFL's official
+    `nn.BatchNorm2d(128, 0.8)`, `nn.BatchNorm2d(64, 0.8)`: the second argument is eps)."""
+    return GeneratorA(nz, ngf, input_shape, bn_eps=0.8)
 
 
 @MODELS.register("lenet5")

@@ -19,16 +19,15 @@ from pydantic import Field
 
 from harness.errors import HarnessError
 from harness.losses import kld
-from harness.method import Milestones, Params, ScheduleKind, adam, make_scheduler, sgd
+from harness.method import GeneratorMethod, Milestones, Params, ScheduleKind, adam, make_scheduler, sgd
 from harness.registry import METHODS
-from methods.dfad import AdversarialMethod
 
 
 class DAFLParams(Params):
     batch_size: int = Field(512, gt=0)  # DAFL's MNIST default (the DFAD paper re-ran it at 256)
     nz: int = Field(100, gt=0)
-    ngf: int = Field(64, gt=0)  # DAFL's generator is GeneratorA with 128/64 channels
-    generator: str = "generator_a"
+    ngf: int = Field(64, gt=0)  # 128/64 channels, as DAFL's
+    generator: str = "generator_dafl"  # GeneratorA with DAFL's BatchNorm eps 0.8 (harness/models.py)
     lr_G: float = Field(0.2, gt=0)
     lr_S: float = Field(2e-3, gt=0)
     optimizer_S: Literal["adam", "sgd"] = "adam"
@@ -76,7 +75,7 @@ def penultimate_source(teacher: nn.Module) -> nn.Module | None:
 
 
 @METHODS.register("dafl")
-class DAFL(AdversarialMethod):
+class DAFL(GeneratorMethod):
     name = "dafl"
     Params = DAFLParams
 

@@ -10,10 +10,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from harness.errors import HarnessError, first_line
 from harness.losses import DISCREPANCIES, GENERATOR_OBJECTIVES
-from harness.method import Milestones, Method, Params, ScheduleKind, adam, make_scheduler, sgd
-from harness.models import build_model
+from harness.method import GeneratorMethod, Milestones, Params, ScheduleKind, adam, make_scheduler, sgd
 from harness.registry import METHODS
 
 
@@ -34,29 +32,10 @@ class DFADParams(Params):
     gamma: float = Field(0.1, gt=0)
 
 
-class AdversarialMethod(Method):
-    """Shared machinery of generator-based methods: the generator, both optimisers, fresh noise."""
-
-    def build_generator(self):
-        """The method's generator on the device, registered for checkpoints."""
-        c, p = self.ctx, self.p
-        self.generator = build_model(p.generator, nz=p.nz, ngf=p.ngf, input_shape=c.input_shape).to(c.device)
-        if c.channels_last:
-            self.generator = self.generator.to(memory_format=torch.channels_last)
-        if hasattr(self.generator, "fused_upsample"):
-            self.generator.fused_upsample = c.fused_upsample
-        self.modules["generator"] = self.generator
-        with torch.no_grad():  # zeros in eval mode: no random numbers drawn, no BatchNorm statistics changed
-            try:
-                out = self.generator.eval()(torch.zeros(2, p.nz, device=c.device))
-            except Exception as e:
-                out = e
-            finally:
-                self.generator.train()
-        if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(c.input_shape):
-            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else f"{type(out).__name__}: {first_line(out)}"
-            raise HarnessError(f"{self.name}: generator {p.generator!r} does not make images of the input shape "
-                               f"{tuple(c.input_shape)} from noise of size nz={p.nz} (got {got})")
+@METHODS.register("dfad")
+class DFAD(GeneratorMethod):
+    name = "dfad"
+    Params = DFADParams
 
     def setup(self):
         c, p = self.ctx, self.p
@@ -71,22 +50,6 @@ class AdversarialMethod(Method):
         c.student.train()
         self.generator.train()
         self.teacher_images = 0  # images through the teacher (`count`): the runner records it for equal-cost reading
-
-    def noise(self) -> torch.Tensor:
-        return torch.randn(self.p.batch_size, self.p.nz, device=self.ctx.device)
-
-    @torch.no_grad()
-    def sample(self, n):
-        self.generator.eval()
-        x = self.generator(torch.randn(n, self.p.nz, device=self.ctx.device))
-        self.generator.train()
-        return x
-
-
-@METHODS.register("dfad")
-class DFAD(AdversarialMethod):
-    name = "dfad"
-    Params = DFADParams
 
     @property
     def graphable(self) -> bool:  # a float lr is captured with the step: recapturing every iteration gains nothing

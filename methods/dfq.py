@@ -5,6 +5,11 @@ generated images are pulled towards the running statistics it stored in training
 DeepInversion's feature hook, which the CMI authors' DFQ reimplementation uses):
     loss_bn = sum_layers ||mu_batch - running_mean||_2 + ||var_batch - running_var||_2
 loss_G = DFAD's objective + bn_weight * loss_bn. Imitation steps are DFAD's, unchanged.
+
+"-style": the reference's one-line description of DFQ (a BN-statistics term added to DFAD's generator), so
+that only that term differs from DFAD. The published DFQ (Choi et al. 2020, as the CMI authors run it) also
+has one-hot and class-balance terms in the generator's loss, a KL adversarial term and 10 student steps per
+generator step; its published accuracy is therefore not this method's.
 """
 from __future__ import annotations
 

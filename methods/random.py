@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from harness.registry import METHODS
-from methods.dfad import AdversarialMethod, DFADParams
+from methods.dfad import DFAD, DFADParams
 
 
 class RandomParams(DFADParams):
@@ -20,9 +20,12 @@ class RandomParams(DFADParams):
 
 
 @METHODS.register("random")
-class Random(AdversarialMethod):
+class Random(DFAD):
+    """DFAD's setup (student optimiser, discrepancy, generator) without the generator's training."""
+
     name = "random"
     Params = RandomParams
+    graphable = False
 
     def setup(self):
         super().setup()

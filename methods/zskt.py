@@ -15,10 +15,8 @@ from pydantic import Field
 
 from harness.errors import HarnessError
 from harness.losses import kld
-from harness.method import Params, ScheduleKind, adam, make_scheduler
+from harness.method import GeneratorMethod, Params, ScheduleKind, adam, make_scheduler
 from harness.registry import METHODS
-
-from .dfad import AdversarialMethod
 
 
 def attention_map(a: torch.Tensor) -> torch.Tensor:
@@ -49,7 +47,7 @@ class ZSKTParams(Params):
 
 
 @METHODS.register("zskt")
-class ZSKT(AdversarialMethod):
+class ZSKT(GeneratorMethod):
     name = "zskt"
     Params = ZSKTParams
 

@@ -78,6 +78,17 @@ def test_random_noise_source_has_no_generator():
     assert "generator" not in m.modules and m.sample(4).shape == (4, 1, 32, 32)
 
 
+def test_dafl_runs_dafls_generator_and_reads_the_features_entering_lenets_classifier():
+    """DAFL's official generator has BatchNorm eps 0.8 after its two convolutions (DFAD's GeneratorA the default
+    1e-5), and its activation term reads LeNet-5's 120 conv features that enter the classifier (lenet.py)."""
+    m = setup_method("dafl", dict(batch_size=4, nz=16, ngf=8))
+    bns = lambda g: [b.eps for b in g.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert bns(m.generator) == [1e-5, 0.8, 0.8, 1e-5]
+    assert bns(setup_method("dfad", dict(batch_size=4, nz=16, ngf=8)).generator) == [1e-5] * 4
+    logits, feats = m.teacher_forward(torch.randn(2, 1, 32, 32))
+    assert logits.shape == (2, 10) and feats.shape == (2, 120)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_dafl_updates_generator_and_student_every_iteration(precision):
     m = setup_method("dafl", dict(batch_size=16, nz=16, ngf=8), precision=precision)
