@@ -136,6 +136,10 @@ CASES = [
         (t / "own" / "train" / "a" / "x.png").write_text("decoded only when a run starts"),
         suite_file(GOOD_SUITE.replace("dataset: mnist\n", f"datasets: {{mine: {{folder: {t}/own, channels: 1}}}}\n"
                                                             "dataset: mine\n", 1))(t))),
+    Case("paper spread below zero", ["run", "{t}/s.yaml", *SMOKE, *R],
+         setup=suite_file(GOOD_SUITE.replace("dfad: [0.983, 0.002]}", "dfad: [0.983, -0.002]}"))),
+    Case("unavailable names a row the paper lacks", ["report", "{t}/s.yaml", *R],
+         setup=suite_file(GOOD_SUITE + "unavailable: {kd_rell: USPS is not here}\n")),
     Case("unknown key (override)", ["run", "mnist", *SMOKE, *R, "budget.iteratons=5"]),
     Case("unknown method hyperparameter", ["run", "mnist", *SMOKE, *R, "methods.dfad.lr_s=0.1"]),
     Case("wrong type in suite", ["run", "{t}/s.yaml", *SMOKE, *R], setup=suite_file(GOOD_SUITE.replace("student: {name: lenet5_half}", "student: [lenet5_half]"))),
