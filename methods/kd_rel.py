@@ -1,4 +1,5 @@
-"""KD-REL: Hinton KD on related data (the paper's MNIST->USPS, CIFAR-10<->CIFAR-100).
+"""KD-REL: Hinton KD on related data (MNIST->USPS, CIFAR-10<->CIFAR-100: the paper's pairs as the reference
+recalls them).
 
 Only the default data source differs from KD-ORI; `data` still chooses any registered dataset.
 """

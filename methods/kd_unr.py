@@ -1,4 +1,5 @@
-"""KD-UNR: Hinton KD on unrelated data (MNIST->CIFAR-10 in grayscale, CIFAR->MNIST as 3 channels).
+"""KD-UNR: Hinton KD on unrelated data (CIFAR-10->MNIST as 3 channels, the reference's recalled pair; for
+MNIST, CIFAR-10 in grayscale, and for CIFAR-100, MNIST: our choices).
 
 training_batches adapts the source to the teacher's input shape and normalisation.
 """
