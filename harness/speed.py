@@ -108,7 +108,7 @@ def conv_peak(device, dtype, channels_last: bool, n: int | None = None, c: int =
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (MB) since it started or since reset_peak_rss()."""
+    """This process's peak resident memory (MB) since it started."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
