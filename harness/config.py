@@ -268,6 +268,21 @@ class Suite(Strict):
                 raise ValueError(f"method name {name!r} is reserved (the suite's {name} folder)")
         return v
 
+    @field_validator("paper", mode="before")
+    @classmethod
+    def _paper_values(cls, v):
+        import math
+
+        def number(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        for k, x in (v.items() if isinstance(v, dict) else ()):
+            ok = (x == "FAILED" or number(x)
+                  or (isinstance(x, (list, tuple)) and len(x) == 2 and all(number(y) for y in x)))
+            if not ok:
+                raise ValueError(f"paper.{k}: a number, [mean, std] or FAILED (got {x!r})")
+        return v
+
     @field_validator("paper")
     @classmethod
     def _paper_spreads(cls, v):
@@ -279,6 +294,8 @@ class Suite(Strict):
     @field_validator("unavailable")
     @classmethod
     def _unavailable_rows(cls, v, info):
+        if "paper" not in info.data:
+            return v  # `paper` failed its own validation, whose error says what is wrong
         if extra := sorted(set(v) - set(info.data.get("paper") or {})):
             raise ValueError(f"{extra[0]!r} is not a row of `paper` (only the paper's rows can be marked unavailable)")
         return v
@@ -347,6 +364,8 @@ class Suite(Strict):
         cls = method_of(method, self.methods.get(method))
         if cls != method:  # a variant: record which registered method runs it
             d["method_class"] = cls
+        if (version := self.method_class(method).version) != 1:  # from 2 on: version 1 runs' hashes stay as they were
+            d["method_version"] = version
         return d
 
 

@@ -69,6 +69,9 @@ class Method:
     # True: `step` may be captured once and replayed as a CUDA graph (runtime.cuda_graph): static shapes, noise
     # drawn on the device, no host sync, no use of `it`, and no host-side state changed outside `count`
     graphable: bool = False
+    # bump when what the method computes changes outside its Params: runs of another version are then another
+    # config (never reused or resumed as this one); recorded in run configs from 2 on
+    version: int = 1
     Params = Params
 
     def __init__(self, ctx: Context, params: Params):

@@ -18,7 +18,8 @@ from .upconv import fusable, upsample_conv
 
 
 class Features(dict):
-    """`penultimate`: features before the classifier; `stages`: list of stage outputs."""
+    """`penultimate`: the features entering the classifier (what DAFL's activation term reads: LeNet-5's 120
+    conv features, as DAFL's lenet.py, a ResNet's pooled features); `stages`: list of stage outputs."""
 
 
 class LeNet5(nn.Module):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
-import resource
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from . import env
 from .api import build_context, make_method, runtime_switches
 from .config import Suite
 from .data import get_dataset
+from .errors import first_line
 from .graphs import stepper
 from .runner import build_student
 from .teacher import build_teacher_model
@@ -116,14 +116,19 @@ def peak_rss_mb() -> float:
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
+    try:
+        import resource  # not on Windows
+    except ImportError:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
     return round(rss / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
-def _path_peak_rss(suite: Suite, method: str, fast: bool, steps: int) -> float:
+def _path_peak_rss(suite_dump: dict, method: str, fast: bool, steps: int) -> float:
     """In a fresh process: peak RSS of one path alone (its teacher, models, data and `steps` iterations)."""
     import methods  # noqa: F401  (register the methods in this fresh process)
 
+    suite = Suite.model_validate(suite_dump)  # validated again: registers the suite's own dataset here too
     env.apply_runtime(suite.runtime)
     device = env.runtime_device(suite.runtime)
     spec = get_dataset(suite.dataset)
@@ -137,10 +142,17 @@ def path_peak_rss(suite: Suite, method: str, fast: bool, steps: int = 2) -> floa
     """Peak RSS (MB) of one path measured in its own process: in the timing process both paths' models live
     side by side and the allocator may keep one path's freed memory for the other, so its peak is of both."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_path_peak_rss, suite, method, fast, steps).result()
+        return pool.submit(_path_peak_rss, suite.model_dump(mode="json"), method, fast, steps).result()
 
 
 def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
+    # each path's memory first, in a process of its own, before this one holds anything (and adds to the machine's)
+    rss: dict = {}
+    for name in ("default", "plain"):
+        try:
+            rss[name] = {"peak_rss_mb": path_peak_rss(suite, method, name == "default", max(warmup, 1))}
+        except Exception as e:  # the timing still counts: say why this figure is missing
+            rss[name] = {"peak_rss_mb": None, "peak_rss_error": f"{type(e).__name__}: {first_line(e)}"}
     env.apply_runtime(suite.runtime)
     device = env.runtime_device(suite.runtime)
     spec = get_dataset(suite.dataset)
@@ -151,6 +163,8 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     out: dict = {"suite": suite.name, "profile": suite.profile, "method": method, "device": env.device_name(device),
                  "threads": torch.get_num_threads(), "iters": iters, "repeats": repeats,
                  "batch_size": getattr(paths["default"].p, "batch_size", None), "git_commit": env.git_commit()}
+    for name, r in rss.items():
+        out[name] = dict(r)
     steps = {name: stepper(m, m.ctx.cuda_graph) for name, m in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in paths}
     # cudnn.benchmark is process-wide: on for the default path (unless the suite asks for determinism), off
@@ -202,8 +216,6 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
         out["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": cudnn.allow_tf32}
     out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
     out["peak_rss_mb"] = peak_rss_mb()  # the timing process: both paths at once
-    for name in paths:
-        out[name]["peak_rss_mb"] = path_peak_rss(suite, method, name == "default", max(warmup, 1))
     out["matmul_peak_tflops"] = {"fp32": round(matmul_peak(device, torch.float32), 4)}
     cl = bool(paths["default"].ctx.channels_last)
     out["conv_peak_tflops"] = {"fp32": round(conv_peak(device, torch.float32, cl), 4)}

@@ -78,6 +78,7 @@ def penultimate_source(teacher: nn.Module) -> nn.Module | None:
 class DAFL(GeneratorMethod):
     name = "dafl"
     Params = DAFLParams
+    version = 2  # 2: LeNet-5's features are the 120 entering its classifier (were the 84 after fc1)
 
     def setup(self):
         c, p = self.ctx, self.p

@@ -32,6 +32,9 @@ class DFADParams(Params):
     gamma: float = Field(0.1, gt=0)
 
 
+AdversarialMethod = GeneratorMethod  # its name before 2026-12-01, for method files that import it from here
+
+
 @METHODS.register("dfad")
 class DFAD(GeneratorMethod):
     name = "dfad"

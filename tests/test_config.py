@@ -73,7 +73,7 @@ def test_profile_overlays_and_overrides():
      "milestones [20] are not within this recipe's epochs (1 to 9"),
     ("teacher.recipe={schedule: multistep, epochs: 10, milestones: [10]}", "a decay at epoch 10 or later never happens"),
     ("methods.dfad.milestones=[0.5, 1.0]", "methods.dfad.milestones.1: Input should be less than 1"),
-    ("paper.dfad=true", "paper: Value error, expected numbers, not true/false"),
+    ("paper.dfad=true", "paper: Value error, paper.dfad: a number, [mean, std] or FAILED (got True)"),
     # a quoted number is text: a whole number refuses it (a float keeps taking it: PyYAML reads 1e-3 as text)
     ("methods.dfad.batch_size='8'", "methods.dfad.batch_size: Value error, expected a whole number, not the string '8'"),
     ("seeds=[0, '1']", "seeds: Value error, expected a whole number, not the string '1'"),

@@ -78,6 +78,16 @@ def test_random_noise_source_has_no_generator():
     assert "generator" not in m.modules and m.sample(4).shape == (4, 1, 32, 32)
 
 
+def test_a_methods_version_is_part_of_its_runs_config():
+    """DAFL's LeNet-5 features changed outside its Params: version 2 makes its runs another config than those made
+    before (never reused or resumed as these); methods at version 1 keep the configs they had."""
+    from harness.config import load_suite
+
+    s = load_suite("mnist", "smoke")
+    assert s.run_config("dafl", 0)["method_version"] == 2
+    assert "method_version" not in s.run_config("dfad", 0)
+
+
 def test_dafl_runs_dafls_generator_and_reads_the_features_entering_lenets_classifier():
     """DAFL's official generator has BatchNorm eps 0.8 after its two convolutions (DFAD's GeneratorA the default
     1e-5), and its activation term reads LeNet-5's 120 conv features that enter the classifier (lenet.py)."""

@@ -253,3 +253,16 @@ def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_
     (folder / "train" / ".ipynb_checkpoints").mkdir()
     x, y = _image_folder(folder / "train", hw=(32, 32), channels=1)
     assert len(x) == 3 * 12 + 1 and sorted(set(y.tolist())) == [0, 1, 2]
+
+
+def test_speed_on_an_own_dataset_measures_each_paths_memory(tmp_path, mnist_data):
+    """`speed` on a suite with its own dataset: the per-path memory processes see that dataset too."""
+    import json
+
+    folder = digits_folder(tmp_path / "digits", mnist_data)
+    r = cli("speed", str(suite_file(tmp_path, folder)), "--iters", "1", "--warmup", "0", "--repeats", "1",
+            data=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    for path in ("default", "plain"):
+        assert out[path]["peak_rss_mb"] > 0 and "peak_rss_error" not in out[path], out[path]
