@@ -10,7 +10,7 @@ from pathlib import Path
 from harness.config import Suite, method_of
 
 from .collect import LOSS_LABELS, aggregate, runs_frame, value_label
-from .table import EVAL_WORD, Table, column_names, spread_text
+from .table import EVAL_WORD, Table, column_names, spread_text, with_paper
 
 LOSS_ORDER = ["mae", "mse", "kld"]
 
@@ -53,7 +53,8 @@ def ablation_table(suites: list[Suite], runs_dir: str | Path, metric: str = "bes
         runs = runs_frame(runs_dir, s.name)
         for key, (_, by_suite) in rows.items():
             m = by_suite.get(s.name)
-            cells[(key, col)] = aggregate(runs[runs["method"] == m] if m else runs.iloc[0:0], metric)
+            cell = aggregate(runs[runs["method"] == m] if m else runs.iloc[0:0], metric)
+            cells[(key, col)] = with_paper(cell, s, m) if m else cell  # the suite's paper value for that variant
     values = {col: value_label(s.dataset) for s, col in zip(suites, columns)}
     t = Table(list(rows), columns, cells, {x: "free" for x in rows}, flops=False,
               row_labels={k: lab for k, (lab, _) in rows.items()}, row_title="Loss", value_names=values)

@@ -81,6 +81,13 @@ def fmt(cell: Cell, pm: str = "±", n_max: int | None = None) -> str:
     return text + (f" (n={cell.n})" if n_max and cell.n and cell.n < n_max else "")
 
 
+def with_paper(cell: Cell, suite: Suite, key: str) -> Cell:
+    """The cell, given the suite's paper value for `key` (its mean, and its spread where the suite gives one)."""
+    p = suite.paper.get(key)
+    cell.paper, cell.paper_std = p if isinstance(p, tuple) else (p, None)
+    return cell
+
+
 def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: list[str],
                 runs: pd.DataFrame | None = None) -> dict[str, Cell]:
     """Cells of one dataset column (runs: the suite's runs_frame, read here if not given); a missing suite gives
@@ -108,9 +115,7 @@ def suite_cells(suite: Suite | None, runs_dir: str | Path, metric: str, rows: li
                 cell.note = f"not run: {suite.unavailable[r]}"
             own = runs[runs["method"] == r]["student_macs"].dropna()
             cell.flops = human_macs(float(own.iloc[0])) if len(own) else student_flops
-        p = suite.paper.get(r)
-        cell.paper, cell.paper_std = p if isinstance(p, tuple) else (p, None)
-        out[r] = cell
+        out[r] = with_paper(cell, suite, r)
     return out
 
 

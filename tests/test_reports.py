@@ -553,3 +553,20 @@ def test_the_ablation_report_of_the_ablation_suite_is_not_named_twice(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "runs" / "report" / "ablation-loss.md").is_file(), r.output
     assert not list((tmp_path / "runs" / "report").glob("ablation-ablation*"))
+
+
+def test_the_ablation_table_shows_the_papers_value_of_its_variant(tmp_path):
+    """ablation-loss.yaml gives `dfad_mae` Table 2's DFAD value: the ablation's MAE row has it under ours and in Δ
+    (the Δ column was always empty)."""
+    path = tmp_path / "ablation-loss.yaml"
+    path.write_text(ABLATION + "paper: {dfad_mae: [0.983, 0.002]}\n")
+    store = Store(tmp_path / "runs", "ablation-loss")
+    for m, a in (("dfad_mae", 0.98), ("dfad_mse", 0.95), ("dfad_kld", 0.9)):
+        put(store, m, 0, best=a)
+    t = ablation_table([load_suite(str(path), "paper")], tmp_path / "runs")
+    under = to_markdown(t, "under").splitlines()
+    mae = next(i for i, x in enumerate(under) if x.startswith("| MAE"))
+    assert "0.983 ± 0.002" in under[mae + 1], under
+    delta = to_markdown(t, "delta").splitlines()
+    assert next(x for x in delta if x.startswith("| MAE")).endswith("| -0.003 |"), delta
+    assert next(x for x in delta if x.startswith("| MSE")).endswith("|  |"), delta  # the paper has no MSE value
