@@ -281,13 +281,7 @@ class Suite(Strict):
                   or (isinstance(x, (list, tuple)) and len(x) == 2 and all(number(y) for y in x)))
             if not ok:
                 raise ValueError(f"paper.{k}: a number, [mean, std] or FAILED (got {x!r})")
-        return v
-
-    @field_validator("paper")
-    @classmethod
-    def _paper_spreads(cls, v):
-        for k, x in v.items():
-            if isinstance(x, tuple) and x[1] < 0:
+            if isinstance(x, (list, tuple)) and x[1] < 0:
                 raise ValueError(f"paper.{k}: [mean, std] with std >= 0, not {list(x)}")
         return v
 
@@ -296,7 +290,7 @@ class Suite(Strict):
     def _unavailable_rows(cls, v, info):
         if "paper" not in info.data:
             return v  # `paper` failed its own validation, whose error says what is wrong
-        if extra := sorted(set(v) - set(info.data.get("paper") or {})):
+        if extra := sorted(set(v) - set(info.data["paper"])):
             raise ValueError(f"{extra[0]!r} is not a row of `paper` (only the paper's rows can be marked unavailable)")
         return v
 

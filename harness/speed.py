@@ -107,7 +107,7 @@ def conv_peak(device, dtype, channels_last: bool, n: int | None = None, c: int =
     return 2 * n * c * c * 9 * hw * hw / best / 1e12
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> float | None:
     """This process's peak resident memory (MB) since it started."""
     try:
         with open("/proc/self/status") as f:
