@@ -22,7 +22,7 @@ from .errors import HarnessError, first_line
 from .locks import exclusive
 from .loop import evaluate
 from .method import schedule_factor
-from .models import build_model
+from .models import build_model, count_macs
 from .store import atomic_torch_save, is_number, read_json, write_json
 
 
@@ -307,6 +307,8 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
     # the initial weights come from the recipe's seed too: PyTorch seeds every new process at random
     torch.manual_seed(suite.teacher.recipe.seed)
     model = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
+    # recorded for reports, which may read the runs where the dataset (so its classes and input) is gone
+    macs = count_macs(model, spec.input_shape)
     suite_record = Path(runs_dir) / suite.name / "teacher" / "summary.json"
     if suite.teacher.checkpoint:
         path = Path(suite.teacher.checkpoint).expanduser()
@@ -314,16 +316,16 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
         model = freeze(model.to(device))
         acc = evaluate(model, spec.load("test"), device)
         info = {"source": "checkpoint", "path": str(path.resolve()), "sha256": file_digest(str(path)), "test_acc": acc,
-                "model": suite.teacher.model.model_dump(mode="json"), "dataset": suite.dataset}
+                "model": suite.teacher.model.model_dump(mode="json"), "dataset": suite.dataset, "macs": macs}
         write_json(suite_record, info)
         return Teacher(model, acc, "checkpoint", path, info)
 
     key, cache = teacher_key(suite), teacher_cache(suite, runs_dir)
     with exclusive(cache.parent / f".{cache.name}.lock", wait=True):  # one process trains it, others reuse it
-        return _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log)
+        return _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log, macs)
 
 
-def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log) -> Teacher:
+def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log, macs) -> Teacher:
     weights, meta_path = cache / "teacher.pt", cache / "summary.json"
     meta = read_json(meta_path)
     if meta and not is_number(meta.get("test_acc")):
@@ -334,7 +336,7 @@ def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log
             load_weights(model, weights, "cached teacher")
             log(f"teacher: reusing {cache} (test acc {meta['test_acc']:.4f})")
             model = freeze(model.to(device))
-            write_json(suite_record, {**meta, "source": "cached", "path": str(weights.resolve())})
+            write_json(suite_record, {**meta, "source": "cached", "path": str(weights.resolve()), "macs": macs})
             return Teacher(model, meta["test_acc"], "cached", weights, meta)
         except HarnessError as e:
             log(f"warning: {e}; training the teacher again")
@@ -353,5 +355,5 @@ def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log
             "device": env.device_name(device),
             "git_commit": env.git_commit(), "versions": env.versions(), "source": "trained"}
     write_json(meta_path, meta)
-    write_json(suite_record, {**meta, "path": str(weights.resolve())})
+    write_json(suite_record, {**meta, "path": str(weights.resolve()), "macs": macs})
     return Teacher(freeze(model), acc, "trained", weights, meta)

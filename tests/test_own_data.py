@@ -1,5 +1,6 @@
 """A suite's own dataset: `datasets:` in the suite file, the ImageFolder layout, real images (MNIST digits
 written as PNG files), through the real CLI."""
+import json
 import subprocess
 import sys
 
@@ -60,6 +61,7 @@ def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):
     assert len(list((runs / "teachers").glob("digits-lenet5-*/teacher.pt"))) == 1
     table = (runs / "own" / "report" / "table.md").read_text()
     assert "digits Acc." in table and "*paper*" not in table  # no paper numbers: no empty paper rows
+    teacher_row = next(line for line in table.splitlines() if line.startswith("| Teacher"))
     # decoded once: 3 classes x 12 train images, 32x32, one channel, labels from the sorted class folders
     x = torch.load(next((tmp_path / "cache" / ".dfad-cache").glob("digits-*-train.pt")), weights_only=True)
     assert tuple(x["x"].shape) == (36, 1, 32, 32) and x["y"].bincount().tolist() == [12, 12, 12]
@@ -74,6 +76,12 @@ def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):
     folder.rename(tmp_path / "archived")
     rep = cli("report", str(suite), "--runs-dir", str(runs), data=tmp_path / "cache")
     assert rep.returncode == 0 and "| DFAD |" in rep.stdout, rep.stderr
+    # the teacher's MACs are recorded with it (3 classes): the report needs neither the folder nor its classes
+    from harness.models import build_model, count_macs, human_macs
+
+    macs = json.loads((runs / "own" / "teacher" / "summary.json").read_text())["macs"]
+    assert macs == count_macs(build_model("lenet5", num_classes=3, in_channels=1), (1, 32, 32))
+    assert f"| {human_macs(macs)} |" in teacher_row and teacher_row in rep.stdout, (teacher_row, rep.stdout)
     gone = cli("validate", str(suite), data=tmp_path / "cache")  # where the data is needed, it is still an error
     assert gone.returncode == 2 and "no folder" in gone.stderr, gone.stderr
 
