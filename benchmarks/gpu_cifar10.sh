@@ -21,6 +21,14 @@ RUNS=${RUNS:-/tmp/gpu-runs}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 left() { echo $(( TOTAL - ($(date +%s) - START) )); }
+# bounded CAP [timeout options] CMD...: CMD under `timeout`, for at most CAP seconds and never past TOTAL; skipped
+# (status 124) when under 30 s are left, since `timeout 0` would not limit it and a negative one would fail it
+bounded() {
+  local t; t=$(left); [ "$t" -gt "$1" ] && t=$1; shift
+  if [ "$t" -lt 30 ]; then echo "skipped: ${t}s left" | tee -a "$OUT/stages.log"; return 124; fi
+  local opts=(); while [ "${1:-}" != "--" ]; do opts+=("$1"); shift; done; shift
+  timeout "${opts[@]}" "$t" "$@"
+}
 stage() { echo "== $(date -u +%H:%M:%S) [$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/stages.log"; }
 
 stage machine
@@ -36,15 +44,15 @@ if [ ! -d "${DFAD_DATA:-/nonexistent}/cifar10/train" ]; then
   mkdir -p "$DFAD_DATA/cifar10" && tar -xzf "$CIFAR_ARCHIVE" -C "$DFAD_DATA/cifar10"
 fi
 stage "decode cifar10 into the tensor cache"
-timeout 120 $PY -c "from harness.data import get_dataset as g; d = g('cifar10'); print(len(d.load('train')), len(d.load('test')))"
+bounded 120 -- $PY -c "from harness.data import get_dataset as g; d = g('cifar10'); print(len(d.load('train')), len(d.load('test')))"
 
 stage "speed ${SPEED_PROFILE:-paper}"
-timeout $(( $(left) < 200 ? $(left) : 200 )) $CLI speed cifar10 --profile "${SPEED_PROFILE:-paper}" --method dfad \
+bounded 200 -- $CLI speed cifar10 --profile "${SPEED_PROFILE:-paper}" --method dfad \
   ${SPEED_ARGS:---iters 10 --warmup 3 --repeats 3} > "$OUT/speed.json" 2> "$OUT/speed.err"
 echo "speed rc=$?"; cat "$OUT/speed.json"; tail -5 "$OUT/speed.err"
 
 stage "speed ${SPEED_PROFILE:-paper}, runtime.cuda_graph=true"
-timeout $(( $(left) < 200 ? $(left) : 200 )) $CLI speed cifar10 runtime.cuda_graph=true --profile "${SPEED_PROFILE:-paper}" \
+bounded 200 -- $CLI speed cifar10 runtime.cuda_graph=true --profile "${SPEED_PROFILE:-paper}" \
   --method dfad ${SPEED_ARGS:---iters 10 --warmup 3 --repeats 3} > "$OUT/speed-graph.json" 2> "$OUT/speed-graph.err"
 echo "speed (graph) rc=$?"; cat "$OUT/speed-graph.json"; tail -5 "$OUT/speed-graph.err"
 # the run replays graphs only if the capture worked and was faster than eager steps
@@ -60,7 +68,7 @@ RUN_ARGS=${RUN_ARGS-$GRAPH}
 echo "run overrides: ${RUN_ARGS:-none}" | tee -a "$OUT/stages.log"
 
 stage "teacher + dfad (${RUN_PROFILE:-gpu}), $(left)s left"
-timeout -s TERM -k 30 "$(left)" $CLI run cifar10 $RUN_ARGS --profile "${RUN_PROFILE:-gpu}" --methods dfad --seeds 0 \
+bounded "$TOTAL" -s TERM -k 30 -- $CLI run cifar10 $RUN_ARGS --profile "${RUN_PROFILE:-gpu}" --methods dfad --seeds 0 \
   --runs-dir "$RUNS" --no-report > "$OUT/run.log" 2>&1
 echo "run rc=$?"
 stage "collect"

@@ -6,6 +6,7 @@ ImageFolder layout `<root>/<name>/{train,test}/<class>/`), then live in memory a
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -44,8 +45,7 @@ class ImageTensors:
             return x.float()
         x = x.float().div_(255)
         if self.mean is not None:
-            m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-            s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            m, s = _stats(tuple(self.mean), tuple(self.std), x.device)
             x = (x - m) / s
         return x
 
@@ -494,13 +494,30 @@ def get_dataset(name: str) -> DatasetSpec:
     return DATASETS.get(name)
 
 
+@functools.lru_cache(maxsize=64)
+def _stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset's mean and std as (1, C, 1, 1) tensors on the device, made once: a copy to a GPU per batch
+    would wait for the GPU each time."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (the random draws of a batch's augmentation) on the device without waiting for it:
+    from pinned memory, asynchronously, where the device is a GPU."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Batched random crop (zero padding) and horizontal flip, on whatever device x lives."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)  # drawn on the CPU (the generator's stream), then
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)  # one copy to the device for all three
+    flip = torch.rand(n, generator=gen) < 0.5
+    dy, dx, flip = to_device(torch.stack([dy, dx, flip.long()]), x.device)
+    flip = flip.bool()
     iy = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, padded.shape[3])
     rows = padded.gather(2, iy)
     ix = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)

@@ -35,9 +35,13 @@ def check_cuda_graph(cuda_graph: bool, dev: torch.device) -> None:
 
 
 def runtime_device(runtime) -> torch.device:
-    """The suite's device, checked against its CUDA-only switches before any run starts."""
+    """The suite's device, checked against its CUDA-only switches before any run starts. A GPU other than the
+    first (`cuda:1`) becomes the process's current device: streams, graphs and caches made without a device
+    argument then belong to it."""
     dev = resolve_device(runtime.device)
     check_cuda_graph(runtime.cuda_graph, dev)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
     return dev
 
 
@@ -54,7 +58,9 @@ def cpu_flags() -> set[str]:
 
 def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # tensor-core bf16 is compute capability 8.0 (Ampere) and later; is_bf16_supported() also says True on
+        # a V100 or T4, where bf16 is emulated (slow, and cuDNN has no bf16 convolutions there)
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
@@ -157,12 +163,18 @@ def set_allocator(keep_freed_memory: bool) -> bool:
 
 
 def apply_runtime(runtime, threads: int | None = None) -> None:
-    """The process-wide part of a suite's `runtime:` (threads, the CPU allocator)."""
+    """The process-wide part of a suite's `runtime:` (threads, the CPU allocator, determinism and with it
+    cudnn.benchmark), for every command that trains: runs, teachers, tuning, the launcher's jobs."""
     set_threads(threads or runtime.threads)
     set_allocator(runtime.keep_freed_memory)
+    set_determinism(runtime.deterministic)
 
 
 def set_determinism(on: bool) -> None:
+    """on: deterministic algorithms where PyTorch has them (ops without one warn and run), cuBLAS included;
+    off: cudnn.benchmark picks the fastest convolution algorithms."""
+    if on:  # read when cuBLAS starts: before the first matmul on a GPU (a value the user set is kept)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = not on

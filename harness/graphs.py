@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .method import Method
+from .method import Method, steps_on_device
 
 WARMUP_STEPS = 3  # eager iterations before the first capture: cuDNN autotuning, optimiser state, lazy inits
 
@@ -32,6 +32,7 @@ class CudaGraph:
     capturable_optimizers = True
 
     def __init__(self, method: Method):
+        self.device = method.ctx.device
         self.graph = torch.cuda.CUDAGraph()
 
     @staticmethod
@@ -47,12 +48,16 @@ class CudaGraph:
 
     def capture(self, fn: Callable[[], dict]) -> dict:
         """Record fn (nothing runs); returns its outputs, whose memory every replay rewrites."""
-        # thread_local: CUDA calls of other threads (W&B's monitor, a progress bar) do not void the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        # thread_local: CUDA calls of other threads (W&B's monitor, a progress bar) do not void the capture.
+        # A capture stream of the run's device: torch.cuda.graph's own is made on whichever device is current,
+        # and kernels of cuda:1 issued while cuda:0's stream captures are not recorded (an empty graph)
+        with torch.cuda.device(self.device), torch.cuda.graph(
+                self.graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             return fn()
 
     def replay(self) -> None:
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
 
 
 def lr_key(method: Method) -> tuple:
@@ -109,14 +114,23 @@ class GraphedStep:
 
     def _capture(self, it: int, key: tuple) -> None:
         self.graph, self.outputs = None, {}  # the previous capture's memory goes once nothing holds it
-        if self.graph_factory.capturable_optimizers:
-            for opt in self.method.optimizers.values():
-                for g in opt.param_groups:
-                    if "capturable" in g:  # SGD has no such flag: its foreach step captures as it is
-                        g["capturable"] = True
-        graph = self.graph_factory(self.method)
-        with _quiet_capturable():
-            self.outputs = graph.capture(lambda: self.method.step(it))
+        groups = [g for o in self.method.optimizers.values() for g in o.param_groups]
+        before = [g.get("capturable") for g in groups]
+        try:
+            if self.graph_factory.capturable_optimizers:
+                for opt in self.method.optimizers.values():
+                    for g in opt.param_groups:
+                        if "capturable" in g:  # SGD has no such flag: its foreach step captures as it is
+                            g["capturable"] = True
+                    steps_on_device(opt)
+            graph = self.graph_factory(self.method)
+            with _quiet_capturable():
+                self.outputs = graph.capture(lambda: self.method.step(it))
+        except BaseException:  # the eager steps that follow run with the optimisers as they were
+            for g, flag in zip(groups, before):
+                if flag is not None:
+                    g["capturable"] = flag
+            raise
         self.graph, self.key = graph, key
         self.captures += 1
 

@@ -117,7 +117,14 @@ class Method:
             if set(state[group]) != set(own):
                 raise ValueError(f"checkpoint {group} {sorted(state[group])} != {sorted(own)}")
             for k, v in state[group].items():
-                own[k].load_state_dict(v)
+                if group == "optimizers":  # this run's implementation (fused on a GPU), not the checkpoint's
+                    flags = [{f: g[f] for f in IMPLEMENTATION_FLAGS if f in g} for g in own[k].param_groups]
+                    own[k].load_state_dict(v)
+                    for g, kept in zip(own[k].param_groups, flags):
+                        g.update(kept)
+                    steps_on_device(own[k])
+                else:
+                    own[k].load_state_dict(v)
         if getattr(self, "teacher_images", None) is not None:
             self.teacher_images = state.get("teacher_images", 0)
 
@@ -132,6 +139,22 @@ def schedule_factor(kind: str, iterations: int, milestones=(), gamma: float = 0.
     if kind == "cosine":
         return lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations))
     raise ValueError(f"unknown schedule {kind!r}")
+
+
+# how an optimiser computes, not what: a run resumed on another device keeps its own (a CPU checkpoint's
+# foreach Adam resumed on a GPU stays fused there)
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def steps_on_device(opt: torch.optim.Optimizer) -> None:
+    """Step counters on their parameters' device (float32) in groups that are fused or capturable, as
+    PyTorch's load_state_dict puts them for such groups; elsewhere they stay where they are."""
+    for g in opt.param_groups:
+        if g.get("fused") or g.get("capturable"):
+            for p in g["params"]:
+                st = opt.state.get(p)
+                if st and torch.is_tensor(st.get("step")) and st["step"].device != p.device:
+                    st["step"] = st["step"].to(p.device, torch.float32)
 
 
 def make_scheduler(opt, kind: str, iterations: int, milestones=(), gamma=0.1):

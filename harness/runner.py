@@ -353,7 +353,6 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
     check_models(suite)  # first: a finished run's config names the teacher checkpoint's bytes
     check_finished_runs(suite, store, force)
     env.apply_runtime(suite.runtime)
-    env.set_determinism(suite.runtime.deterministic)
     runs = planned_runs(suite)
     progress = progress or SuiteProgress(len(runs))
     outcome = SuiteOutcome()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import PAIRED_AUGMENTS, DatasetSpec, _torchvision, resize
+from .data import PAIRED_AUGMENTS, DatasetSpec, _torchvision, resize, to_device
 from .errors import HarnessError, MissingDataError
 from .registry import DATASETS
 
@@ -122,9 +122,11 @@ def seg_crop_flip(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, size: 
         x, y = F.pad(x, pad), F.pad(y, pad, value=VOID)
         h, w = x.shape[-2:]
     dev, ar = x.device, torch.arange(size, device=x.device)
-    rows = torch.randint(0, h - size + 1, (n, 1), generator=gen).to(dev) + ar
-    cols = torch.randint(0, w - size + 1, (n, 1), generator=gen).to(dev) + ar
-    flip = (torch.rand(n, 1, generator=gen) < 0.5).to(dev)
+    rows = torch.randint(0, h - size + 1, (n, 1), generator=gen)  # drawn on the CPU, one copy to the device
+    cols = torch.randint(0, w - size + 1, (n, 1), generator=gen)
+    flip = torch.rand(n, 1, generator=gen) < 0.5
+    rows, cols, flip = to_device(torch.stack([rows, cols, flip.long()]), dev)
+    rows, cols, flip = rows + ar, cols + ar, flip.bool()
     cols = torch.where(flip, cols.flip(1), cols)  # a flip reads the crop's columns backwards
     b = torch.arange(n, device=dev).view(n, 1, 1)
     r, c = rows.view(n, size, 1), cols.view(n, 1, size)

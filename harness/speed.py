@@ -124,25 +124,33 @@ def peak_rss_mb() -> float | None:
     return round(rss / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
-def _path_peak_rss(suite_dump: dict, method: str, fast: bool, steps: int) -> float:
-    """In a fresh process: peak RSS of one path alone (its teacher, models, data and `steps` iterations)."""
+def _path_memory(suite_dump: dict, method: str, fast: bool, steps: int) -> dict:
+    """In a fresh process: the peak memory of one path alone (its teacher, models, data and `steps` iterations,
+    past a CUDA graph's capture): RSS, and on a GPU PyTorch's peak allocated and reserved memory."""
     import methods  # noqa: F401  (register the methods in this fresh process)
 
     suite = Suite.model_validate(suite_dump)  # validated again: registers the suite's own dataset here too
     env.apply_runtime(suite.runtime)
     device = env.runtime_device(suite.runtime)
+    if device.type == "cuda":  # as in the timing process: autotuned convolutions on the default path only
+        torch.backends.cudnn.benchmark = fast and not suite.runtime.deterministic
     spec = get_dataset(suite.dataset)
     m = build(suite, method, fast, device, build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes),
               steps)
-    time_steps(m, stepper(m, m.ctx.cuda_graph), steps)
-    return peak_rss_mb()
+    step = stepper(m, m.ctx.cuda_graph)
+    time_steps(m, step, max(steps, getattr(step, "warmup", -1) + 2))  # a graphed path: captured and replayed
+    out = {"peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":  # a graph's private pool counts as reserved: both figures
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    return out
 
 
-def path_peak_rss(suite: Suite, method: str, fast: bool, steps: int = 2) -> float:
-    """Peak RSS (MB) of one path measured in its own process: in the timing process both paths' models live
-    side by side and the allocator may keep one path's freed memory for the other, so its peak is of both."""
+def path_memory(suite: Suite, method: str, fast: bool, steps: int = 2) -> dict:
+    """Peak memory of one path measured in its own process: in the timing process both paths' models live
+    side by side and the allocators may keep one path's freed memory for the other, so its peaks are of both."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_path_peak_rss, suite.model_dump(mode="json"), method, fast, steps).result()
+        return pool.submit(_path_memory, suite.model_dump(mode="json"), method, fast, steps).result()
 
 
 def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
@@ -150,7 +158,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     rss: dict = {}
     for name in ("default", "plain"):
         try:
-            rss[name] = {"peak_rss_mb": path_peak_rss(suite, method, name == "default", max(warmup, 1))}
+            rss[name] = path_memory(suite, method, name == "default", max(warmup, 1))
         except Exception as e:  # the timing still counts: say why this figure is missing
             rss[name] = {"peak_rss_mb": None, "peak_rss_error": f"{type(e).__name__}: {first_line(e)}"}
     env.apply_runtime(suite.runtime)
@@ -179,11 +187,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     for _ in range(repeats):  # alternate, so drifts of the machine hit both paths alike
         for name, m in paths.items():
             cudnn.benchmark = benchmark[name]
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
             times[name].append(time_steps(m, steps[name], iters))
-            if device.type == "cuda":
-                out.setdefault(name, {})["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for name, m in paths.items():
         cudnn.benchmark = benchmark[name]
         s = statistics.median(times[name])
@@ -216,6 +220,8 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
         out["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": cudnn.allow_tf32}
     out["speedup"] = round(out["plain"]["s_per_iter"] / out["default"]["s_per_iter"], 2)
     out["peak_rss_mb"] = peak_rss_mb()  # the timing process: both paths at once
+    if device.type == "cuda":
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     out["matmul_peak_tflops"] = {"fp32": round(matmul_peak(device, torch.float32), 4)}
     cl = bool(paths["default"].ctx.channels_last)
     out["conv_peak_tflops"] = {"fp32": round(conv_peak(device, torch.float32, cl), 4)}

@@ -165,6 +165,65 @@ def test_capture_failure_falls_back_to_eager_steps():
     assert step.captures == 0
 
 
+def test_a_failed_capture_leaves_the_optimisers_as_they_were():
+    """A capture makes Adam `capturable`; where it then fails (here: PyTorch refuses capturable Adam on a CPU, as
+    on a GPU for a resumed CPU checkpoint's state), the eager steps that follow run with the flags as they were."""
+    class Capturable(StandInGraph):
+        capturable_optimizers = True
+
+        def capture(self, fn):
+            return fn()
+
+    m = setup()
+    step = GraphedStep(m, warmup=1, graph_factory=Capturable)
+    step(0)
+    flags = [g.get("capturable") for o in m.optimizers.values() for g in o.param_groups]
+    assert False in flags  # Adam's (SGD has no such flag)
+    with pytest.warns(UserWarning, match="capture failed"):
+        step(1)
+    assert [g.get("capturable") for o in m.optimizers.values() for g in o.param_groups] == flags
+    for it in (2, 3):
+        assert torch.isfinite(step(it)["loss_S"])
+    assert step.status["mode"] == "eager" and step.captures == 0
+
+
+def test_capture_and_replay_run_on_the_runs_gpu(monkeypatch):
+    """On `cuda:1` the capture stream is one of cuda:1, with cuda:1 current: torch.cuda.graph's own stream
+    belongs to the device current when it was made, and cuda:1's kernels issued there are not recorded."""
+    import contextlib
+    import types
+
+    from harness.graphs import CudaGraph
+
+    seen = []
+
+    class Device:  # torch.cuda.device
+        def __init__(self, d):
+            self.d = d
+
+        def __enter__(self):
+            seen.append(("enter", self.d))
+
+        def __exit__(self, *exc):
+            seen.append(("exit", self.d))
+
+    @contextlib.contextmanager
+    def graph(g, stream=None, **kw):
+        seen.append(("capture", stream))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda d=None: ("stream", d))
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: types.SimpleNamespace(replay=lambda: seen.append("replay")))
+    gpu = torch.device("cuda", 1)
+    g = CudaGraph(types.SimpleNamespace(ctx=types.SimpleNamespace(device=gpu)))
+    assert g.capture(lambda: {"loss": 1}) == {"loss": 1}
+    g.replay()
+    assert seen == [("enter", gpu), ("capture", ("stream", gpu)), ("exit", gpu), ("enter", gpu), "replay",
+                    ("exit", gpu)]
+
+
 def test_graphed_run_resumes_to_the_uninterrupted_result():
     """A resumed run warms up and captures again, and ends where an uninterrupted one does."""
     whole = run(setup(), graphed=True, iterations=12, eval_every=3)

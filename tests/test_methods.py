@@ -281,3 +281,25 @@ def test_usps_framed_matches_mnist_digit_size(mnist_data):
     assert abs(framed - mnist) < 2.0 < plain - mnist
     x = get_dataset("usps_framed").load("test", mnist_data).x
     assert x.shape[1:] == (1, 32, 32) and x[..., :4, :].max() == 0 and x[..., -4:].max() == 0
+
+
+def test_a_resumed_run_keeps_its_own_optimiser_implementation():
+    """A checkpoint's optimiser state carries how it computed (foreach on the CPU); a run resumed elsewhere
+    keeps its own (fused Adam on a GPU: fused on the CPU here), with the step counters where that needs them."""
+    hp = dict(batch_size=8, nz=16, ngf=8, k=1)
+    m = setup_method("dfad", hp, dataset=None)
+    m.step(0)
+    state = copy.deepcopy(m.state_dict())
+    assert state["optimizers"]["generator"]["param_groups"][0]["foreach"] is True
+    again = setup_method("dfad", hp, dataset=None)
+    for g in again.optimizers["generator"].param_groups:  # as adam() makes it on a GPU
+        g.update(fused=True, foreach=None)
+    again.load_state_dict(state)
+    group = again.optimizers["generator"].param_groups[0]
+    assert group["fused"] is True and group["foreach"] is None
+    assert group["lr"] == state["optimizers"]["generator"]["param_groups"][0]["lr"]  # the hyperparameters: the checkpoint's
+    steps = [s["step"] for s in again.optimizers["generator"].state.values()]
+    assert steps and all(t.dtype == torch.float32 and float(t) == 1 for t in steps)
+    out = again.step(1)  # the fused step runs on the loaded state
+    assert all(torch.isfinite(v) for v in out.values())
+    assert all(float(s["step"]) == 2 for s in again.optimizers["generator"].state.values())

@@ -173,9 +173,54 @@ def test_each_path_peak_rss_is_its_own(mnist_data):
     if not os.path.exists("/proc/self/status"):
         pytest.skip("no /proc here")
     big = torch.ones(256 * 2**20)  # 1 GB written here: this process's peak, not the path's
-    small = speed.path_peak_rss(load_suite("mnist", "smoke"), "dfad", fast=False, steps=1)
+    small = speed.path_memory(load_suite("mnist", "smoke"), "dfad", fast=False, steps=1)["peak_rss_mb"]
     assert small < speed.peak_rss_mb() - 800, (small, speed.peak_rss_mb())
     del big
-    large = speed.path_peak_rss(load_suite("mnist", "smoke", overrides=["methods.dfad.batch_size=2048"]), "dfad",
-                                fast=False, steps=1)
+    large = speed.path_memory(load_suite("mnist", "smoke", overrides=["methods.dfad.batch_size=2048"]), "dfad",
+                              fast=False, steps=1)
+    assert set(large) == {"peak_rss_mb"}  # no GPU figures on a CPU
+    large = large["peak_rss_mb"]
     assert large > small + 100, (large, small)  # batch 2048 holds hundreds of MB of activations more
+
+
+@pytest.fixture
+def process_settings(monkeypatch):
+    """apply_runtime changes process-wide settings: put them back afterwards."""
+    cudnn = torch.backends.cudnn
+    kept = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_num_threads())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    cudnn.benchmark, cudnn.deterministic = kept[0], kept[1]
+    torch.use_deterministic_algorithms(kept[2], warn_only=kept[3])
+    torch.set_num_threads(kept[4])
+
+
+def test_every_training_command_gets_the_suites_determinism(process_settings):
+    """apply_runtime, which runs, teachers, tuning and the launcher's jobs all call, sets determinism: autotuned
+    convolutions (cudnn.benchmark) unless the suite asks for determinism, which also covers cuBLAS."""
+    import os
+
+    from harness import env
+    from harness.config import RuntimeCfg
+
+    env.apply_runtime(RuntimeCfg(threads=torch.get_num_threads()))
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    env.apply_runtime(RuntimeCfg(threads=torch.get_num_threads(), deterministic=True))
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_auto_precision_takes_bf16_only_where_a_gpu_computes_it(monkeypatch):
+    """torch.cuda.is_bf16_supported() says True on a V100 or T4 too (bf16 emulated there, no cuDNN bf16
+    convolutions); `auto` goes by compute capability 8.0 (Ampere) and later, of the run's device."""
+    from harness import env
+
+    caps = {0: (7, 0), 1: (8, 0), 2: (7, 5), 3: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: caps[torch.device(d).index or 0])
+    assert [env.resolve_precision("auto", torch.device("cuda", i)) for i in range(4)] == \
+           [None, torch.bfloat16, None, torch.bfloat16]
+    assert env.resolve_precision("bf16", torch.device("cuda", 0)) is torch.bfloat16  # asked for: given
+    assert env.resolve_precision("fp32", torch.device("cuda", 3)) is None

@@ -300,3 +300,23 @@ def test_a_checkpoint_that_fails_while_loading_is_set_aside_with_a_one_line_erro
         _, _, _, epochs = train_teacher(_tiny_net(), _tiny_spec(), recipe, torch.device("cpu"), log=lambda *_: None,
                                         checkpoint=ckpt)
     assert epochs == 2
+
+
+def test_crop_flip_is_each_images_own_crop_and_flip():
+    """The batched augmentation equals a per-image crop of the zero-padded image and flip, with the offsets and
+    flips drawn in this order from the generator (a teacher's recipe seed gives the same batches as before)."""
+    import torch.nn.functional as F
+
+    from harness.data import crop_flip
+
+    n, pad = 8, 2
+    x = torch.arange(n * 3 * 8 * 8, dtype=torch.float32).view(n, 3, 8, 8)
+    out = crop_flip(x, torch.Generator().manual_seed(1), pad=pad)
+    g = torch.Generator().manual_seed(1)
+    dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=g) for _ in range(2))
+    flip = torch.rand(n, generator=g) < 0.5
+    assert flip.any() and not flip.all() and len(set(dy.tolist())) > 1  # the draws vary in this batch
+    padded = F.pad(x, (pad,) * 4)
+    for i in range(n):
+        ref = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref), i
