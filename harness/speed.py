@@ -222,18 +222,22 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     out["peak_rss_mb"] = peak_rss_mb()  # the timing process: both paths at once
     if device.type == "cuda":
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    out["matmul_peak_tflops"] = {"fp32": round(matmul_peak(device, torch.float32), 4)}
     cl = bool(paths["default"].ctx.channels_last)
-    out["conv_peak_tflops"] = {"fp32": round(conv_peak(device, torch.float32, cl), 4)}
-    if env.native_bf16(device):
-        out["matmul_peak_tflops"]["bf16"] = round(matmul_peak(device, torch.bfloat16), 4)
-        out["conv_peak_tflops"]["bf16"] = round(conv_peak(device, torch.bfloat16, cl), 4)
+    out["matmul_peak_tflops"], out["conv_peak_tflops"] = {}, {}
+    for dtype in [torch.float32] + ([torch.bfloat16] if env.native_bf16(device) else []):
+        key = "bf16" if dtype == torch.bfloat16 else "fp32"
+        for name, peak in (("matmul_peak_tflops", lambda: matmul_peak(device, dtype)),
+                           ("conv_peak_tflops", lambda: conv_peak(device, dtype, cl))):
+            try:  # a peak this machine cannot measure (memory, a kernel it lacks) costs its figure, not the timings
+                out[name][key] = round(peak(), 4)
+            except Exception as e:
+                out.setdefault("peak_errors", {})[f"{name}.{key}"] = f"{type(e).__name__}: {first_line(e)}"
     # how far each path is from this machine's limit in its own precision (best of matmul and conv); the top-level
     # figures are the default path's
     for name in paths:
         key = "bf16" if out[name].get("precision") == "bfloat16" else "fp32"
         limit = max(out["matmul_peak_tflops"].get(key, 0), out["conv_peak_tflops"].get(key, 0))
-        if out[name].get("achieved_tflops"):
+        if out[name].get("achieved_tflops") and limit:
             out[name]["limit_tflops"] = limit
             out[name]["limit_over_achieved"] = round(limit / out[name]["achieved_tflops"], 2)
             # seconds per iteration over those the models' nominal work would take at the limit

@@ -224,3 +224,22 @@ def test_auto_precision_takes_bf16_only_where_a_gpu_computes_it(monkeypatch):
            [None, torch.bfloat16, None, torch.bfloat16]
     assert env.resolve_precision("bf16", torch.device("cuda", 0)) is torch.bfloat16  # asked for: given
     assert env.resolve_precision("fp32", torch.device("cuda", 3)) is None
+
+
+def test_a_peak_that_cannot_be_measured_keeps_the_timings(monkeypatch, process_settings):
+    """The machine's peaks come last; one that fails (out of memory, a kernel the device lacks) is named in
+    `peak_errors` and the rest of the JSON, timings first, is still printed."""
+    from harness import speed
+    from harness.config import load_suite
+
+    def no_conv(*a, **k):
+        raise RuntimeError("no kernel for this\nsecond line")
+
+    monkeypatch.setattr(speed, "conv_peak", no_conv)
+    monkeypatch.setattr(speed, "path_memory", lambda *a, **k: {"peak_rss_mb": 1.0})  # not what this checks
+    out = speed.measure(load_suite("mnist", "smoke"), "dfad", iters=1, warmup=0, repeats=1)
+    assert out["default"]["s_per_iter"] > 0 and out["plain"]["s_per_iter"] > 0
+    assert out["peak_errors"]["conv_peak_tflops.fp32"] == "RuntimeError: no kernel for this"
+    assert out["conv_peak_tflops"] == {} and out["matmul_peak_tflops"]["fp32"] > 0
+    # the limit is the peak that was measured
+    assert out["plain"]["limit_tflops"] == out["matmul_peak_tflops"]["fp32"]
