@@ -271,3 +271,68 @@ def test_dafl_reads_any_teachers_penultimate_features_from_its_last_linear():
     pooled = nn.Sequential(nn.Conv2d(2, 7, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(HarnessError, match="dafl needs the teacher's penultimate features"):
         harness.distill(pooled, TinyNet(), method="dafl", test_set=_data(), iterations=2, batch_size=8)
+
+
+class Scripted(nn.Module):
+    """A student whose answers follow a script: right (class 0, every label here) until iteration `wrong_from`."""
+
+    def __init__(self, wrong_from):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.wrong_from, self.it = wrong_from, 0
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 3) + self.w
+        logits[:, 0 if self.it < self.wrong_from else 1] += 1
+        return logits
+
+
+def scripted_loop(iterations, eval_every, wrong_from):
+    from harness.api import build_context
+    from harness.data import ImageTensors
+    from harness.loop import run_loop
+    from harness.method import Method
+
+    class Follows(Method):
+        name = "scripted"
+
+        def setup(self):
+            pass
+
+        def step(self, it):
+            self.ctx.student.it = it + 1  # the iterations done once this step is
+            return {"loss_S": torch.zeros(())}
+
+    ctx = build_context(TinyNet(1, 3), Scripted(wrong_from), (1, 4, 4), 3, 0, iterations, "cpu", "fp32", "off")
+    m = Follows(ctx, Follows.Params())
+    m.setup()
+    test = ImageTensors(torch.zeros(6, 1, 4, 4), torch.zeros(6, dtype=torch.long))
+    return run_loop(m, test, iterations, eval_every)
+
+
+def test_best_is_the_best_evaluation_and_final_the_last():
+    """The tables report the best evaluation; a student that gets worse at the end keeps its best."""
+    r = scripted_loop(iterations=6, eval_every=2, wrong_from=5)
+    assert [(h["iteration"], h["test_acc"]) for h in r.history] == [(2, 1.0), (4, 1.0), (6, 0.0)]
+    assert r.best_acc == 1.0 and r.final_acc == 0.0
+
+
+def test_the_last_iteration_is_always_evaluated():
+    """A budget that is not a multiple of eval_every (or smaller than it) still ends with an evaluation of
+    the final student."""
+    assert [h["iteration"] for h in scripted_loop(5, 2, wrong_from=99).history] == [2, 4, 5]
+    r = scripted_loop(3, 10, wrong_from=3)
+    assert [h["iteration"] for h in r.history] == [3] and r.final_acc == 0.0
+
+
+def test_distill_seeds_give_different_runs():
+    """The seed reaches the method's noise: seeds 0, 1 and 2 of a suite are three runs, not one run three times."""
+    def once(seed):
+        torch.manual_seed(123)  # the same initial models for every seed
+        t, s = TinyNet(), TinyNet()
+        harness.distill(t, s, test_set=_data(), seed=seed, iterations=2, eval_every=2, batch_size=8, nz=8, ngf=4,
+                        precision="fp32", channels_last="off")
+        return torch.cat([p.flatten() for p in s.parameters()])
+
+    a, b = once(0), once(1)
+    assert not torch.allclose(a, b)

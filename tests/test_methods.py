@@ -303,3 +303,94 @@ def test_a_resumed_run_keeps_its_own_optimiser_implementation():
     out = again.step(1)  # the fused step runs on the loaded state
     assert all(torch.isfinite(v) for v in out.values())
     assert all(float(s["step"]) == 2 for s in again.optimizers["generator"].state.values())
+
+
+def fixed_noise(m):
+    """Every draw of the method's noise is one fixed batch, so each step's effect can be measured on it."""
+    z = m.noise()
+    m.noise = lambda: z
+    return z
+
+
+@pytest.mark.parametrize("hp", [dict(loss="mae"), dict(loss="mse"), dict(loss="kld", gen_objective="ada")])
+def test_dfad_student_descends_and_generator_ascends_the_discrepancy(hp):
+    """The game's two directions, measured: the imitation step lowers D on the images it trained on, and the
+    generation step raises D against the updated student (each step small enough to move along its gradient)."""
+    m = setup_method("dfad", dict(batch_size=16, nz=16, ngf=8, k=1, lr_S=0.01, **hp), dataset=None)
+    z, T = fixed_noise(m), m.ctx.teacher
+
+    @torch.no_grad()
+    def D(S, G):
+        x = G(z)
+        return float(m.discrepancy(S(x), T(x)))
+
+    S0, G0 = copy.deepcopy(m.ctx.student), copy.deepcopy(m.generator)
+    out = m.step(0)
+    S1, G1 = m.ctx.student, m.generator
+    assert D(S1, G0) < D(S0, G0)  # the student's step, on x = G0(z)
+    assert D(S1, G1) > D(S1, G0)  # the generator's step, against S1
+    assert float(out["loss_S"]) == pytest.approx(D(S0, G0), rel=1e-5)
+    assert float(out["loss_G"]) == pytest.approx(float(m.objective(torch.tensor(D(S1, G0)))), rel=1e-5)
+
+
+def zskt_method(**hp):
+    torch.manual_seed(0)
+    teacher, student = (build_model("resnet8", in_channels=1, width=w) for w in (4, 2))
+    ctx = build_context(teacher, student, (1, 32, 32), 10, 0, 10, "cpu", "fp32", "off")
+    m = make_method("zskt", ctx, dict(batch_size=8, nz=16, ngf=8, n_s=1, **hp))
+    m.setup()
+    return m
+
+
+def test_zskt_generator_ascends_the_kl_and_the_student_descends_kl_plus_attention():
+    from methods.zskt import at_loss
+
+    m = zskt_method(beta=250.0)
+    z, T = fixed_noise(m), m.ctx.teacher
+    assert m.use_at
+
+    @torch.no_grad()
+    def losses(S, G):
+        x = G(z)
+        (s, fs), (t, ft) = S(x, return_features=True), T(x, return_features=True)
+        return float(m.kl(s, t)), float(at_loss(fs["stages"], ft["stages"]))
+
+    S0, G0 = copy.deepcopy(m.ctx.student), copy.deepcopy(m.generator)
+    S0.train(), G0.train()
+    out = m.step(0)
+    S1, G1 = m.ctx.student, m.generator
+    assert losses(S0, G1)[0] > losses(S0, G0)[0]  # the generator's step, against the student before its steps
+    kl0, at0 = losses(S0, G1)
+    kl1, at1 = losses(S1, G1)
+    assert kl1 + 250 * at1 < kl0 + 250 * at0  # the student's step, on x = G1(z)
+    # the student's loss is both terms, with beta
+    assert float(out["loss_S"]) == pytest.approx(float(out["loss_kl"]) + 250 * float(out["loss_at"]), rel=1e-5)
+    assert float(out["loss_at"]) > 0 and float(out["loss_G"]) == pytest.approx(-losses(S0, G0)[0], rel=1e-4)
+
+
+def test_dafl_generator_loss_is_its_three_weighted_terms():
+    m = setup_method("dafl", dict(batch_size=16, nz=16, ngf=8, w_oh=1.0, w_ie=5.0, w_a=0.1), dataset=None)
+    out = m.step(0)
+    assert all(float(out[k]) != 0 for k in ("loss_oh", "loss_ie", "loss_a"))
+    expected = out["loss_oh"] + 5.0 * out["loss_ie"] + 0.1 * out["loss_a"]
+    assert float(out["loss_G"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_kd_loss_uses_the_temperature(temperature):
+    """KD-ORI's loss on its batch is T^2 KL(softmax(t/T) || softmax(s/T)) at the configured temperature."""
+    from harness.losses import kd_loss
+
+    teacher, student = models()
+    ctx = build_context(teacher, student, (1, 32, 32), 10, 0, 10, "cpu", "fp32", "off", train_set=tiny_images(64))
+    m = make_method("kd_ori", ctx, dict(batch_size=16, temperature=temperature))
+    m.setup()
+    x = tiny_images(16, seed=2).x  # the batch the step reads (normalised, as the batches come)
+    m.batches = iter([(x, torch.zeros(16, dtype=torch.long))])
+    S0 = copy.deepcopy(student)
+    with torch.no_grad():
+        s, t = S0(x), teacher(x)
+    out = m.step(0)
+    assert float(out["loss_S"]) == pytest.approx(float(kd_loss(s, t, temperature)), rel=1e-5)
+    other = 4.0 if temperature == 1.0 else 1.0
+    assert float(out["loss_S"]) != pytest.approx(float(kd_loss(s, t, other)), rel=1e-3)
