@@ -336,3 +336,19 @@ def test_distill_seeds_give_different_runs():
 
     a, b = once(0), once(1)
     assert not torch.allclose(a, b)
+
+
+def test_a_train_mode_teacher_is_run_in_eval_mode():
+    """A teacher handed over in train mode is frozen in eval mode for the run: its BatchNorm layers normalise
+    with their running statistics and never update them (DFAD and DFQ-style, whose prior reads those layers)."""
+    from harness.models import build_model
+
+    for method in ("dfad", "dfq"):
+        torch.manual_seed(0)
+        teacher, student = (build_model("resnet8", in_channels=1, width=w) for w in (4, 2))
+        teacher.train()
+        stats = {k: v.clone() for k, v in teacher.state_dict().items() if "running" in k or "num_batches" in k}
+        harness.distill(teacher, student, method=method, test_set=_data(8, (1, 32, 32), 10), iterations=2,
+                        eval_every=2, batch_size=8, nz=8, ngf=4, precision="fp32", channels_last="off")
+        assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in stats.items()), method
+        assert teacher.training  # given back as it came

@@ -70,8 +70,8 @@ def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
 def test_bad_input_is_one_line_nonzero(tmp_path, args, fragment):
     r = cli(*args, "--runs-dir", str(tmp_path)) if args[0] == "run" else cli(*args)
     assert r.returncode != 0
-    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and fragment in lines[0], r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], r.stderr
 
 
 def test_missing_data_names_where_it_looked(tmp_path):

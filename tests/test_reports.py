@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.config import load_suite
+from harness.config import Suite, load_suite
 from harness.models import build_model
 from harness.store import Store, write_json
 from reports import plots
@@ -481,6 +481,10 @@ def test_a_paper_row_the_suite_cannot_run_says_why(tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "camvid.yaml").write_text(SUITE)
     assert suite.run_config("dfad", 0) == load_suite(str(tmp_path / "plain" / "camvid.yaml"), "paper").run_config("dfad", 0)
+    # nor does a paper value (a corrected or added number leaves the finished runs finished)
+    edited = load_suite(str(path), "paper").model_dump()
+    edited["paper"] = {**edited["paper"], "dfad": [0.5, 0.01], "zskt": 0.4}
+    assert Suite.model_validate(edited).run_config("dfad", 0) == suite.run_config("dfad", 0)
     path.write_text(SUITE + "unavailable: {kd_rell: typo}\n")
     with pytest.raises(HarnessError, match="kd_rell.*not a row of `paper`"):
         load_suite(str(path), "paper")
@@ -570,3 +574,26 @@ def test_the_ablation_table_shows_the_papers_value_of_its_variant(tmp_path):
     delta = to_markdown(t, "delta").splitlines()
     assert next(x for x in delta if x.startswith("| MAE")).endswith("| -0.003 |"), delta
     assert next(x for x in delta if x.startswith("| MSE")).endswith("|  |"), delta  # the paper has no MSE value
+
+
+def test_latex_escapes_every_special_character():
+    """A failure reason or label with % would comment out the rest of its line, & would break the tabular."""
+    from reports.latex import escape
+
+    assert escape("50% of a&b #1 $x$ {y}_z ~^\\") == (r"50\% of a\&b \#1 \$x\$ \{y\}\_z "
+                                                      r"\textasciitilde{}\textasciicircum{}\textbackslash{}")
+
+
+def test_cells_that_print_the_same_are_bold_together(tmp_path):
+    """Bold marks the best data-free result at the shown precision: 0.9751 and 0.9754 both read 0.975."""
+    path = tmp_path / "mnist.yaml"
+    path.write_text(SUITE)
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", "mnist")
+    write_json(store.teacher_summary_path, {"test_acc": 0.989, "macs": 433000})
+    put(store, "dfad", 0, best=0.9751)
+    put(store, "zskt", 0, best=0.9754)
+    put(store, "dafl", 0, best=0.9744)
+    put(store, "kd_ori", 0, best=0.99)  # data-driven: never bold
+    t = build_table([suite], ["mnist"], tmp_path / "runs")
+    assert {r for r, _ in t.bold()} == {"dfad", "zskt"}

@@ -129,6 +129,9 @@ def test_checkpoint_made_at_another_precision_is_not_resumed(tmp_path):
     assert not said
     assert load_resume_state(rd, "abc", said.append, auto, fp32) is None
     assert len(said) == 1 and "runtime.precision=fp32, not auto" in said[0]
+    # another config's checkpoint (an lr_S override since) is not continued either
+    assert load_resume_state(rd, "other", said.append, fp32, fp32) is None
+    assert len(said) == 2 and "another config" in said[1]
 
 
 @pytest.mark.parametrize("every_s", [0.0, 1e9])

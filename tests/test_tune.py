@@ -42,6 +42,9 @@ def test_two_workers_share_a_journal_and_lose_no_trial(runs):
         assert run["run"]["name"] == f"trial-{t.number}" and run["config"]["trial"] == t.number
         assert "val_acc" in run["history"][0] and "test_acc" not in run["history"][0]
         assert [r["iteration"] for r in run["history"]] == sorted(t.intermediate_values)
+    # the study maximises the accuracy: best.yaml recommends the most accurate trial, not the least
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert study.best_value == max(t.value for t in trials if t.state.name == "COMPLETE")
     # two studies' workers drew their own points: the four trials are not one point repeated
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) > 1
 
