@@ -27,7 +27,7 @@ data:
 		"$(SHARED_DATA)/prepare.sh" "$(DFAD_DATA)"; fi
 
 test: setup data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
