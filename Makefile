@@ -6,6 +6,8 @@ PROFILE ?=
 SEEDS   ?=
 RUNS    ?= runs
 ARGS    ?=
+# test processes (pytest-xdist): 2 made `make test` 1.6x faster on a 2-core CPU; 0: all in one process; auto: one per core
+TEST_JOBS ?= 2
 export DFAD_DATA ?= $(CURDIR)/data
 # Offline machines carry the datasets as archives beside the checkout; elsewhere torchvision downloads.
 SHARED_DATA ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/data) /work/shared/data))
@@ -27,7 +29,7 @@ data:
 		"$(SHARED_DATA)/prepare.sh" "$(DFAD_DATA)"; fi
 
 test: setup data
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_JOBS)
 
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
