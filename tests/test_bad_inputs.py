@@ -2,7 +2,9 @@
 each bad input exits non-zero with exactly one `error:` line, no traceback, nothing outside its temporary
 folder touched, and the finished run's files byte-identical afterwards."""
 import importlib.util
+import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,4 +45,12 @@ def test_bad_input(finished, name):
     assert r["rc"] != 0 and len(r["errors"]) == 1 and not r["traceback"], r
     assert SUBSET[name] in r["errors"][0], r["errors"]
     assert r["intact"], r["changed"]
-    assert not r["outside"] and not r["executed"], r
+    assert not [p for p in r["outside"] if not decoded_by_another_test(p)] and not r["executed"], r
+
+
+def decoded_by_another_test(path: str) -> bool:
+    """make test runs tests in several processes (TEST_JOBS): meanwhile any of them may decode a built-in
+    dataset into the shared data root's cache (`usps-test.pt`, written through a `.tmp<pid>` file). An own
+    dataset's copies carry a fingerprint (`digits-<hash>-train.pt`) and are still counted."""
+    p, cache = Path(path), bad_inputs.DATA / ".dfad-cache"
+    return p == cache or (p.parent == cache and re.fullmatch(r"[a-z0-9_]+-(train|test)\.(pt|tmp\d+)", p.name))
