@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # #8's GPU figures in one call of a lent GPU machine, every stage bounded so that one failing stage
 # leaves the others' results:
+#   0. the tests that need a GPU (tests/test_graphs.py, tests/test_teacher.py: pytest from .whl/);
 #   1. `speed` on the CIFAR-10 paper configuration (ResNet-34-8x -> ResNet-18-8x, batch 256), both paths;
 #   2. the same with runtime.cuda_graph=true: the default path replays the iteration as one CUDA graph;
 #   3. `run cifar10 --profile gpu --methods dfad`: the 5-minute ResNet-34-8x teacher, then DFAD's
@@ -45,6 +46,11 @@ if [ ! -d "${DFAD_DATA:-/nonexistent}/cifar10/train" ]; then
 fi
 stage "decode cifar10 into the tensor cache"
 bounded 120 -- $PY -c "from harness.data import get_dataset as g; d = g('cifar10'); print(len(d.load('train')), len(d.load('test')))"
+
+stage "CUDA-only tests (skipped on a CPU): graph capture, a CPU checkpoint resumed and captured, crop/flip"
+bounded 120 -- $PY -m pytest -q -p no:cacheprovider -rs tests/test_graphs.py tests/test_teacher.py -k "cuda or gpu" \
+  > "$OUT/cuda-tests.log" 2>&1
+echo "cuda tests rc=$?"; tail -6 "$OUT/cuda-tests.log"
 
 stage "speed ${SPEED_PROFILE:-paper}"
 bounded 200 -- $CLI speed cifar10 --profile "${SPEED_PROFILE:-paper}" --method dfad \

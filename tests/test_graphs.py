@@ -321,3 +321,26 @@ def test_a_stop_between_evaluations_resumes_with_whole_loss_means(tmp_path):
     assert state["iteration"] == 6 and len(state["history"]) == 1  # between the evaluations at 4 and 8
     resumed = run(setup(), graphed=False, iterations=12, eval_every=4, resume_state=state)
     assert_same_run(resumed, whole)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cpu_checkpoint_resumes_on_a_gpu_and_is_captured():
+    """A run paused on a CPU (foreach Adam, step counters on the CPU) resumes on a GPU with fused Adam and its
+    counters on the device, so its iteration captures as a CUDA graph instead of falling back."""
+    cpu = setup()
+    for it in range(2):
+        cpu.step(it)
+    state = copy.deepcopy(cpu.state_dict())
+    torch.manual_seed(0)
+    teacher, student = nets()
+    dev = torch.device("cuda", torch.cuda.current_device())
+    ctx = build_context(teacher, student, (1, 32, 32), 10, 0, 12, dev, "bf16", "on", dataset="mnist", cuda_graph=True)
+    m = make_method("dfad", ctx, HP)
+    m.setup()
+    m.load_state_dict(state)
+    assert m.optimizers["generator"].param_groups[0]["fused"] is True
+    step = GraphedStep(m)
+    losses = [step(i)["loss_S"].clone() for i in range(6)]
+    torch.cuda.synchronize()
+    assert step.status["mode"] == "graph", step.status
+    assert all(torch.isfinite(v) for v in losses)

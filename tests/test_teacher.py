@@ -320,3 +320,14 @@ def test_crop_flip_is_each_images_own_crop_and_flip():
     for i in range(n):
         ref = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
         assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref), i
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_crop_flip_on_a_gpu_equals_the_cpu_one():
+    """On a GPU the draws travel in one pinned, non-blocking copy: the same crops and flips as on the CPU."""
+    from harness.data import crop_flip
+
+    x = torch.rand(64, 3, 32, 32)
+    cpu = crop_flip(x, torch.Generator().manual_seed(5))
+    gpu = crop_flip(x.cuda(), torch.Generator().manual_seed(5))
+    assert torch.equal(gpu.cpu(), cpu)
