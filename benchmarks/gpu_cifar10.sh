@@ -26,9 +26,10 @@ left() { echo $(( TOTAL - ($(date +%s) - START) )); }
 # (status 124) when under 30 s are left, since `timeout 0` would not limit it and a negative one would fail it
 bounded() {
   local t; t=$(left); [ "$t" -gt "$1" ] && t=$1; shift
-  if [ "$t" -lt 30 ]; then echo "skipped: ${t}s left" | tee -a "$OUT/stages.log"; return 124; fi
-  local opts=(); while [ "${1:-}" != "--" ]; do opts+=("$1"); shift; done; shift
-  timeout "${opts[@]}" "$t" "$@"
+  if [ "$t" -lt 30 ]; then echo "skipped: ${t}s left" | tee -a "$OUT/stages.log" >&2; return 124; fi
+  local opts=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do opts+=("$1"); shift; done
+  [ $# -gt 0 ] || { echo "bounded: no -- before the command" >&2; return 2; }; shift
+  timeout ${opts[@]+"${opts[@]}"} "$t" "$@"
 }
 stage() { echo "== $(date -u +%H:%M:%S) [$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/stages.log"; }
 

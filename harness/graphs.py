@@ -116,6 +116,8 @@ class GraphedStep:
         self.graph, self.outputs = None, {}  # the previous capture's memory goes once nothing holds it
         groups = [g for o in self.method.optimizers.values() for g in o.param_groups]
         before = [g.get("capturable") for g in groups]
+        steps = [(st, st["step"]) for o in self.method.optimizers.values() for st in o.state.values()
+                 if torch.is_tensor(st.get("step"))]  # where the counters were (steps_on_device may move them)
         try:
             if self.graph_factory.capturable_optimizers:
                 for opt in self.method.optimizers.values():
@@ -130,6 +132,8 @@ class GraphedStep:
             for g, flag in zip(groups, before):
                 if flag is not None:
                     g["capturable"] = flag
+            for st, step in steps:  # nothing ran in the capture: the counters as they were, where they were
+                st["step"] = step
             raise
         self.graph, self.key = graph, key
         self.captures += 1

@@ -188,15 +188,19 @@ def test_each_path_peak_rss_is_its_own(mnist_data):
 
 @pytest.fixture
 def process_settings(monkeypatch):
-    """apply_runtime changes process-wide settings: put them back afterwards."""
+    """apply_runtime changes process-wide settings: put them back afterwards (the allocator to glibc's default)."""
+    from harness import env
+
     cudnn = torch.backends.cudnn
     kept = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_num_threads())
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so that teardown restores or removes it
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     yield
     cudnn.benchmark, cudnn.deterministic = kept[0], kept[1]
     torch.use_deterministic_algorithms(kept[2], warn_only=kept[3])
     torch.set_num_threads(kept[4])
+    env.set_allocator(False)
 
 
 def test_every_training_command_gets_the_suites_determinism(process_settings):
@@ -207,12 +211,13 @@ def test_every_training_command_gets_the_suites_determinism(process_settings):
     from harness import env
     from harness.config import RuntimeCfg
 
+    cudnn = torch.backends.cudnn.is_available()  # builds without cuDNN (CPU-only, macOS) have no such switch
     env.apply_runtime(RuntimeCfg(threads=torch.get_num_threads()))
-    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
-    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert torch.backends.cudnn.benchmark or not cudnn
     env.apply_runtime(RuntimeCfg(threads=torch.get_num_threads(), deterministic=True))
-    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
     assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic) or not cudnn
 
 
 def test_auto_precision_takes_bf16_only_where_a_gpu_computes_it(monkeypatch):
