@@ -229,7 +229,7 @@ def count_macs(model: nn.Module, input_shape, batch: int = 1) -> int:
     model.eval()
     device = next(model.parameters()).device
     x = torch.zeros(batch, *input_shape, device=device)
-    with FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # forward only: no graph to keep
         model(x)
     model.train(was_training)
     return int(counter.get_total_flops() // 2 // batch)
