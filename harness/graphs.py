@@ -120,10 +120,10 @@ class GraphedStep:
                  if torch.is_tensor(st.get("step"))]  # where the counters were (steps_on_device may move them)
         try:
             if self.graph_factory.capturable_optimizers:
+                for g in groups:
+                    if "capturable" in g:  # SGD has no such flag: its foreach step captures as it is
+                        g["capturable"] = True
                 for opt in self.method.optimizers.values():
-                    for g in opt.param_groups:
-                        if "capturable" in g:  # SGD has no such flag: its foreach step captures as it is
-                            g["capturable"] = True
                     steps_on_device(opt)
             graph = self.graph_factory(self.method)
             with _quiet_capturable():

@@ -117,12 +117,8 @@ class Method:
             if set(state[group]) != set(own):
                 raise ValueError(f"checkpoint {group} {sorted(state[group])} != {sorted(own)}")
             for k, v in state[group].items():
-                if group == "optimizers":  # this run's implementation (fused on a GPU), not the checkpoint's
-                    flags = [{f: g[f] for f in IMPLEMENTATION_FLAGS if f in g} for g in own[k].param_groups]
-                    own[k].load_state_dict(v)
-                    for g, kept in zip(own[k].param_groups, flags):
-                        g.update(kept)
-                    steps_on_device(own[k])
+                if group == "optimizers":
+                    load_optimizer_state(own[k], v)
                 else:
                     own[k].load_state_dict(v)
         if getattr(self, "teacher_images", None) is not None:
@@ -155,6 +151,16 @@ def steps_on_device(opt: torch.optim.Optimizer) -> None:
                 st = opt.state.get(p)
                 if st and torch.is_tensor(st.get("step")) and st["step"].device != p.device:
                     st["step"] = st["step"].to(p.device, torch.float32)
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """A checkpoint's hyperparameters and state, with this run's implementation (fused Adam on a GPU), not the
+    checkpoint's, and the step counters where that implementation needs them."""
+    flags = [{f: g[f] for f in IMPLEMENTATION_FLAGS if f in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for g, kept in zip(opt.param_groups, flags):
+        g.update(kept)
+    steps_on_device(opt)
 
 
 def make_scheduler(opt, kind: str, iterations: int, milestones=(), gamma=0.1):

@@ -124,6 +124,11 @@ def peak_rss_mb() -> float | None:
     return round(rss / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
+def cudnn_benchmark(suite: Suite, fast: bool) -> bool:
+    """Autotuned convolutions: on the default path unless the suite asks for determinism; never on the plain one."""
+    return fast and not suite.runtime.deterministic
+
+
 def _path_memory(suite_dump: dict, method: str, fast: bool, steps: int) -> dict:
     """In a fresh process: the peak memory of one path alone (its teacher, models, data and `steps` iterations,
     past a CUDA graph's capture): RSS, and on a GPU PyTorch's peak allocated and reserved memory."""
@@ -132,8 +137,8 @@ def _path_memory(suite_dump: dict, method: str, fast: bool, steps: int) -> dict:
     suite = Suite.model_validate(suite_dump)  # validated again: registers the suite's own dataset here too
     env.apply_runtime(suite.runtime)
     device = env.runtime_device(suite.runtime)
-    if device.type == "cuda":  # as in the timing process: autotuned convolutions on the default path only
-        torch.backends.cudnn.benchmark = fast and not suite.runtime.deterministic
+    if device.type == "cuda":  # as in the timing process
+        torch.backends.cudnn.benchmark = cudnn_benchmark(suite, fast)
     spec = get_dataset(suite.dataset)
     m = build(suite, method, fast, device, build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes),
               steps)
@@ -178,7 +183,7 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     # cudnn.benchmark is process-wide: on for the default path (unless the suite asks for determinism), off
     # for the plain one, switched before each of its steps. The CPU allocator setting (apply_runtime above)
     # is the process's environment, like its threads: both paths run with it, and the JSON records it.
-    benchmark = {"default": not suite.runtime.deterministic, "plain": False}
+    benchmark = {name: cudnn_benchmark(suite, name == "default") for name in paths}
     cudnn = torch.backends.cudnn
     for name, m in paths.items():
         cudnn.benchmark = benchmark[name]
