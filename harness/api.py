@@ -63,16 +63,18 @@ def runtime_switches(runtime, plain: bool = False) -> dict:
     """build_context's speed switches from a suite's `runtime:`; plain=True: every one off (`speed`'s baseline)."""
     if plain:
         return dict(precision="fp32", channels_last="off", fast=False, compile=False, fused_upsample=False,
-                    fold_teacher_bn=False, cuda_graph=False)
+                    fold_teacher_bn=False, cuda_graph=False, eval_precision="fp32")
     r = runtime
     return dict(precision=r.precision, channels_last=r.channels_last, fast=r.frozen_teacher, compile=r.compile,
-                fused_upsample=r.fused_upsample, fold_teacher_bn=r.fold_teacher_bn, cuda_graph=r.cuda_graph)
+                fused_upsample=r.fused_upsample, fold_teacher_bn=r.fold_teacher_bn, cuda_graph=r.cuda_graph,
+                eval_precision=r.eval_precision)
 
 
 def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,
                   iterations: int, device="auto", precision="auto", channels_last="auto",
                   dataset: str | None = None, train_set=None, fast: bool = True, compile: bool = False,
-                  fused_upsample: bool = True, fold_teacher_bn: bool = True, cuda_graph: bool = False) -> Context:
+                  fused_upsample: bool = True, fold_teacher_bn: bool = True, cuda_graph: bool = False,
+                  eval_precision: str = "fp32") -> Context:
     """The run's models on the device, with the speed switches applied.
 
     fast=False is the plain path `speed` compares against: the teacher keeps its parameter gradients
@@ -96,7 +98,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
                    device=dev, iterations=iterations, seed=seed,
                    precision=env.resolve_precision(precision, dev), channels_last=cl, fast=fast,
                    fused_upsample=fused_upsample, fold_teacher_bn=fast and fold_teacher_bn, compile=compile,
-                   cuda_graph=cuda_graph,
+                   cuda_graph=cuda_graph, eval_precision=eval_precision,
                    dataset=dataset, train_set=train_set)
 
 
@@ -109,23 +111,26 @@ class DistillArgs(NoBoolNumbers):
     eval_every: int = Field(gt=0)
     precision: Literal["auto", "fp32", "bf16"]
     channels_last: Literal["auto", "on", "off"]
+    eval_precision: Literal["fp32", "run"]
 
 
 def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_set: Dataset | ImageTensors = None,
             input_shape=None, num_classes: int | None = None, seed: int = 0, train_set: Dataset | None = None,
             device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-            iterations: int = 2000, eval_every: int = 50, on_eval=None, **hyperparameters: Any) -> LoopResult:
+            iterations: int = 2000, eval_every: int = 50, on_eval=None, eval_precision: str = "fp32",
+            **hyperparameters: Any) -> LoopResult:
     """Distil `teacher` into `student` with a registered method; returns best/final accuracy,
     the per-evaluation history and the trained student.
 
     Hyperparameters go by the suite files' names (`batch_size=`, `lr_S=`, `nz=`, ...). Both models move to
     the device. The teacher is frozen for the run and given back as it came (mode, requires_grad, layout);
     the student is trained in place and returned in eval mode. The caller's random number generators are
-    left as they were.
+    left as they were. The test accuracy is measured in fp32 whatever `precision` trains in;
+    eval_precision="run" measures it in the run's precision (faster on a CPU).
     """
     try:
         DistillArgs(seed=seed, iterations=iterations, eval_every=eval_every, precision=precision,
-                    channels_last=channels_last)
+                    channels_last=channels_last, eval_precision=eval_precision)
     except ValidationError as e:
         raise HarnessError(f"distill: {one_line(e)}") from None
     dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -135,7 +140,7 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
         kept = [ModuleState(teacher), ModuleState(student)]
         try:
             ctx = build_context(teacher, student, input_shape, num_classes, seed, iterations, dev, precision,
-                                channels_last, train_set=train_set)
+                                channels_last, train_set=train_set, eval_precision=eval_precision)
             m = make_method(method, ctx, hyperparameters)
             m.setup()
             result = run_loop(m, test, iterations, eval_every, on_eval=on_eval)

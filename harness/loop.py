@@ -221,7 +221,7 @@ class _Loop:
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             raise DivergenceError(f"{', '.join(bad)} is not finite at iteration {self.it}")
-        acc = evaluate(self.ctx.student, self.test, device, self.ctx.autocast, channels_last=self.ctx.channels_last)
+        acc = evaluate(self.ctx.student, self.test, device, self.ctx.eval_autocast, channels_last=self.ctx.channels_last)
         row = {"iteration": self.it, "test_acc": acc, "elapsed_s": round(self.elapsed(), 3),
                "train_time_s": round(self.train_time, 3), **means}
         for name, opt in self.method.optimizers.items():

@@ -38,6 +38,8 @@ class Context:
     iterations: int
     seed: int = 0
     precision: torch.dtype | None = None  # bf16 autocast when set
+    # the test evaluations: "fp32" (what the weights score wherever they are loaded) or "run" (in `precision`)
+    eval_precision: str = "fp32"
     channels_last: bool = False
     fast: bool = True  # False: the official loop's wasted work (teacher graphs and weight grads), for `speed`
     fused_upsample: bool = False  # generators fuse upsample + conv (harness/upconv.py)
@@ -53,6 +55,11 @@ class Context:
         if self.precision is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
+
+    @property
+    def eval_autocast(self):
+        """The evaluations' autocast (a context factory), or None: they run in fp32."""
+        return self.autocast if self.eval_precision == "run" and self.precision is not None else None
 
     def no_grad_if_fast(self):
         """No graph where none is needed; the plain path builds it anyway, as the official loop does."""

@@ -261,6 +261,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
         base.update(student_macs=macs, data_free=m.data_free,
                     precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
+                    eval_precision=str(ctx.precision if ctx.eval_autocast else "fp32").replace("torch.", ""),
                     frozen_teacher=ctx.fast, teacher_bn_folded=ctx.teacher_bn_folded)
         m.setup()
         # whether a generator of this method fuses upsample+conv (a method without one has nothing to fuse)

@@ -299,6 +299,8 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
                               checkpoint)
         log(f"teacher epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
             f"test {getattr(spec, 'metric', 'acc')} {acc:.4f}, {before_s + time.perf_counter() - t0:.0f}s")
+    if precision is not None:  # the recorded accuracy in fp32, as a checkpoint teacher's and the students' are
+        acc = evaluate(model, test, device, channels_last=channels_last)
     return model, acc, before_s + time.perf_counter() - t0, epochs
 
 

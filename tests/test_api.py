@@ -70,6 +70,8 @@ def test_distill_rejects_bad_hyperparameters():
         harness.distill(TinyNet(), TinyNet(), test_set=_data(), lr_s=0.1)
     with pytest.raises(HarnessError, match="did you mean 'dfad'"):
         harness.distill(TinyNet(), TinyNet(), method="dfda", test_set=_data())
+    with pytest.raises(HarnessError, match="eval_precision"):
+        harness.distill(TinyNet(), TinyNet(), test_set=_data(), eval_precision="bf16")
 
 
 def test_distill_names_a_model_that_does_not_fit():
@@ -352,3 +354,17 @@ def test_a_train_mode_teacher_is_run_in_eval_mode():
                         eval_every=2, batch_size=8, nz=8, ngf=4, precision="fp32", channels_last="off")
         assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in stats.items()), method
         assert teacher.training  # given back as it came
+
+
+def test_a_bf16_run_is_scored_in_fp32_unless_asked():
+    """The students' test accuracy is what their fp32 weights score wherever they are loaded, whatever precision
+    trained them; eval_precision="run" scores them in the run's precision (faster on a CPU)."""
+    for eval_precision, autocast_in_eval in (("fp32", False), ("run", True)):
+        torch.manual_seed(0)
+        seen, student = [], TinyNet()
+        student.register_forward_pre_hook(lambda mod, _: seen.append((mod.training, torch.is_autocast_enabled("cpu"))))
+        harness.distill(TinyNet(), student, test_set=_data(), iterations=2, eval_every=2, batch_size=8, nz=8, ngf=4,
+                        precision="bf16", channels_last="off", eval_precision=eval_precision)
+        evaluation = [a for training, a in seen if not training][-1]  # the one evaluation (earlier: shape checks)
+        assert evaluation == autocast_in_eval, eval_precision
+        assert {a for training, a in seen if training} == {True}  # trained in bf16 either way

@@ -27,7 +27,7 @@ def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
         s = json.loads((rd / "summary.json").read_text())
         assert s["status"] == "done"
         for key in ("best_acc", "final_acc", "iterations", "wall_time_s", "device", "student_macs", "teacher_acc",
-                    "git_commit", "versions"):
+                    "eval_precision", "git_commit", "versions"):
             assert key in s, key
         assert s["iterations"] == 20 and 0 <= s["final_acc"] <= s["best_acc"] <= 1
         assert (rd / "config.yaml").is_file() and (rd / "checkpoint.pt").is_file() and (rd / "student.pt").is_file()

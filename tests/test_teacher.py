@@ -87,6 +87,22 @@ def test_time_budget_leaves_existing_teacher_keys_alone():
     assert config_hash(budgeted, ignore=()) != config_hash(key, ignore=())
 
 
+def test_a_bf16_teacher_records_its_fp32_accuracy(tmp_path, monkeypatch):
+    """Its epochs are scored in the recipe's precision (the log, the time-budget probe); the accuracy it records
+    is fp32, as a checkpoint teacher's and the students' are."""
+    from harness.config import TeacherRecipe
+    from harness.loop import evaluate
+    from harness.teacher import train_teacher
+
+    monkeypatch.setenv("DFAD_DATA", str(tmp_path))
+    spec, net, seen = _tiny_spec(), _tiny_net(), []
+    net.register_forward_pre_hook(lambda mod, _: seen.append((mod.training, torch.is_autocast_enabled("cpu"))))
+    recipe = TeacherRecipe(epochs=2, batch_size=16, lr=0.05, precision="bf16")
+    model, acc, _, _ = train_teacher(net, spec, recipe, torch.device("cpu"), log=lambda *_: None)
+    assert [a for training, a in seen if not training] == [True, True, False]  # epoch 1, epoch 2, the record
+    assert acc == evaluate(model, spec.load("test"), "cpu")
+
+
 @pytest.mark.parametrize("budget,expect", [(1e6, 7), (1e-3, 1)])
 def test_time_budget_picks_epochs_and_leaves_the_model_untouched(tmp_path, budget, expect):
     import copy
