@@ -303,7 +303,7 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
     s = _load(suite, profile, overrides)
     env.apply_runtime(s.runtime)
     check_models(s, ("teacher",))
-    t = ensure_teacher(s, runs_dir, env.resolve_device(s.runtime.device))
+    t = ensure_teacher(s, runs_dir, env.runtime_device(s.runtime))
     what = metric_word(get_dataset(s.dataset).metric)
     typer.echo(f"teacher {s.teacher.model.name} on {s.dataset}: test {what} {t.acc:.4f} ({t.source}, {t.path})")
 

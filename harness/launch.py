@@ -48,7 +48,7 @@ def _teacher_job(suite_dump: dict, runs_dir: str, gpu: str | None = None) -> flo
 
     suite = Suite.model_validate(suite_dump)
     env.apply_runtime(suite.runtime)
-    return ensure_teacher(suite, Path(runs_dir), env.resolve_device(suite.runtime.device)).acc
+    return ensure_teacher(suite, Path(runs_dir), env.runtime_device(suite.runtime)).acc
 
 
 def _run_job(suite_dump: dict, runs_dir: str, force: bool, method: str, seed: int, gpu: str | None = None) -> SuiteOutcome:

@@ -66,6 +66,8 @@ def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
     (["run", "mnist", "--profile", "smoke", "--seeds", "a,b"], "--seeds"),
     (["run", "mnist", "--profile", "smoke", "--methods", "dfda"], "did you mean 'dfad'"),
     (["validate", "mnist", "methods.dfad.lr_S=-1"], "methods.dfad.lr_S"),
+    # `teacher` takes the suite's device as `run` does, and refuses what this machine cannot honour before training
+    (["teacher", "mnist", "--profile", "smoke", "runtime.cuda_graph=true"], "runtime.cuda_graph=true needs a CUDA"),
 ])
 def test_bad_input_is_one_line_nonzero(tmp_path, args, fragment):
     r = cli(*args, "--runs-dir", str(tmp_path)) if args[0] == "run" else cli(*args)
