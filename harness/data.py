@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -294,14 +295,25 @@ def _has_image(d: Path) -> bool:
     return any(_image_name(f) and (top / f).is_file() for top, files in _walk(d) for f in files)
 
 
+def _torchvision_decode(f: Path, channels: int) -> torch.Tensor:
+    """torchvision's decoders (libjpeg-turbo, libpng): fast, and the pixels every cache so far was made from. From
+    0.29 they warn that TorchCodec supersedes them; where a torchvision drops them, the import fails and
+    decode_file reads with PIL."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision are deprecated",
+                                DeprecationWarning)
+        return decode_image(read_file(str(f)), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+
+
 def decode_file(f: Path, channels: int) -> torch.Tensor:
     """One image file as uint8 (channels, H, W): torchvision's decoders, PIL for the formats they lack (BMP,
     TIFF); 16-bit images scaled to 8 bits, an animation's first frame, gray, RGB and alpha made `channels`."""
     import torchvision.transforms.v2.functional as TF
-    from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        img = decode_image(read_file(str(f)), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+        img = _torchvision_decode(f, channels)
     except Exception:
         try:
             from PIL import Image

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import PAIRED_AUGMENTS, DatasetSpec, _torchvision, resize, to_device
+from .data import PAIRED_AUGMENTS, DatasetSpec, _torchvision, decode_file, resize, to_device
 from .errors import HarnessError, MissingDataError
 from .registry import DATASETS
 
@@ -23,11 +23,9 @@ HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the official Normalize((0.5,), (0.5
 
 
 def _read(path: Path, gray: bool = False) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     if not path.is_file():
         raise MissingDataError(f"{path} does not exist")
-    return decode_image(read_file(str(path)), mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB)
+    return decode_file(path, 1 if gray else 3)
 
 
 def _shorter_side(img: torch.Tensor, label: torch.Tensor | None, side: int):

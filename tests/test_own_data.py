@@ -175,13 +175,22 @@ def test_editing_a_dataset_replaces_its_decoded_copy(tmp_path, mnist_data, monke
     assert sorted(p.name for p in cache.glob("digits-*-*.pt")) == names
 
 
-def test_awkward_image_files_decode_like_8_bit_ones(tmp_path):
+@pytest.mark.parametrize("decoders", ["torchvision", "PIL only"])
+def test_awkward_image_files_decode_like_8_bit_ones(tmp_path, monkeypatch, recwarn, decoders):
     """16-bit PNG, GIF (RGB whatever mode is asked), an animated GIF, RGBA, palette, BMP and TIFF (PIL) all come
-    out uint8 with the dataset's channels and the same pixels; a notes file in a class folder is skipped."""
+    out uint8 with the dataset's channels and the same pixels; a notes file in a class folder is skipped. The same
+    where a torchvision has no decoders (0.29 deprecates them): PIL reads everything; and torchvision's deprecation
+    notice does not reach the user."""
     import numpy as np
     from PIL import Image
 
+    import harness.data
     from harness.data import _image_folder, decode_file
+
+    if decoders == "PIL only":
+        def gone(*_):
+            raise ImportError("cannot import name 'decode_image' from 'torchvision.io'")
+        monkeypatch.setattr(harness.data, "_torchvision_decode", gone)
 
     g = np.random.default_rng(0)
     rgb = g.integers(0, 256, (12, 10, 3), dtype=np.uint8)
@@ -211,6 +220,7 @@ def test_awkward_image_files_decode_like_8_bit_ones(tmp_path):
                 assert (img[0].to(torch.int16) - ref).abs().max() <= tol, f.name
     x, y = _image_folder(tmp_path / "train", hw=None, channels=1)
     assert tuple(x.shape) == (9, 1, 12, 10) and x.dtype == torch.uint8  # labels.txt left out
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, DeprecationWarning)]
 
 
 def test_images_in_subfolders_of_a_class_are_read_as_imagefolder_reads_them(tmp_path, mnist_data, capsys):
