@@ -29,6 +29,14 @@ def random_test_set(shape, n=32, k=10):
     return ImageTensors(torch.randn(n, *shape, generator=g), torch.randint(0, k, (n,), generator=g))
 
 
+def save_image(img: torch.Tensor, path, quality: int = 75) -> None:
+    """A uint8 (C, H, W) tensor as an image file, by its suffix (PIL: torchvision 0.29 deprecates its encoders)."""
+    from PIL import Image
+
+    a = img.permute(1, 2, 0).numpy()
+    Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(path, quality=quality)
+
+
 class FixedTeacher:
     """What the runner takes as its teacher: a model and its accuracy, without training one."""
 

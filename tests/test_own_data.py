@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 
 def digits_folder(root, mnist_root, n_train=12, n_test=4, classes=(3, 5, 7)):
     """<root>/{train,test}/digit<c>/<i>.png from MNIST's test digits; one train image 40x40 (resized on load)."""
-    from torchvision.io import write_png
+    from conftest import save_image
 
     from harness.data import get_dataset, resize
 
@@ -26,7 +26,7 @@ def digits_folder(root, mnist_root, n_train=12, n_test=4, classes=(3, 5, 7)):
             d.mkdir(parents=True, exist_ok=True)
             for i, j in enumerate(sel.tolist()):
                 img = mnist.x[j]
-                write_png(resize(img[None], (40, 40))[0] if (split, i) == ("train", 0) else img, str(d / f"{i}.png"))
+                save_image(resize(img[None], (40, 40))[0] if (split, i) == ("train", 0) else img, str(d / f"{i}.png"))
     return root
 
 

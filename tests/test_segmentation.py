@@ -119,7 +119,7 @@ def test_generator_b_shapes():
 
 def write_tiny_datasets(root: Path) -> None:
     """CamVid in SegNet's layout, NYUv2 in the DFAD repo's, Caltech101 in torchvision's; tiny images."""
-    from torchvision.io import write_jpeg, write_png
+    from conftest import save_image
 
     g = torch.Generator().manual_seed(0)
     img = lambda h, w: torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)  # noqa: E731
@@ -129,8 +129,8 @@ def write_tiny_datasets(root: Path) -> None:
         (cam / f"{split}annot").mkdir()
         lines = []
         for i in range(n):
-            write_jpeg(img(96, 128), str(cam / split / f"f{i}.jpg"))
-            write_png(torch.randint(0, 12, (1, 96, 128), dtype=torch.uint8, generator=g),
+            save_image(img(96, 128), str(cam / split / f"f{i}.jpg"))
+            save_image(torch.randint(0, 12, (1, 96, 128), dtype=torch.uint8, generator=g),
                       str(cam / f"{split}annot" / f"f{i}.png"))
             lines.append(f"/SegNet/CamVid/{split}/f{i}.jpg /SegNet/CamVid/{split}annot/f{i}.png")
         (cam / f"{split}.txt").write_text("\n".join(lines) + "\n")
@@ -139,14 +139,14 @@ def write_tiny_datasets(root: Path) -> None:
     for split, idxs in (("train", (1, 2, 4, 5, 7, 8)), ("test", (3, 6, 9))):
         (nyu / "nyuv2-meta-data" / f"{split}_labels_13").mkdir(parents=True)
         for i in idxs:
-            write_png(img(120, 160), str(nyu / "480_640" / "IMAGE" / f"{i - 1}.png"))
-            write_png(torch.randint(0, 14, (1, 120, 160), dtype=torch.uint8, generator=g),
+            save_image(img(120, 160), str(nyu / "480_640" / "IMAGE" / f"{i - 1}.png"))
+            save_image(torch.randint(0, 14, (1, 120, 160), dtype=torch.uint8, generator=g),
                       str(nyu / "nyuv2-meta-data" / f"{split}_labels_13" / f"new_nyu_class13_{i:04d}.png"))
     for c in ("BACKGROUND_Google", "accordion", "airplanes", "anchor"):
         d = root / "caltech101" / "101_ObjectCategories" / c
         d.mkdir(parents=True)
         for i in range(1, 6):
-            write_jpeg(img(100, 140), str(d / f"image_{i:04d}.jpg"))
+            save_image(img(100, 140), str(d / f"image_{i:04d}.jpg"))
 
 
 @pytest.fixture(scope="module")
