@@ -44,14 +44,15 @@ def _load(suite, profile, overrides, methods=None, seeds=None, params=None, anno
 
     from .config import default_profile, load_suite, read_yaml, suite_path
 
-    if profile is None and announce:
-        profiles = read_yaml(suite_path(suite)).get("profiles")
+    s = load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params,
+                   also_methods=_csv(also, str, "methods"))
+    if profile is None and announce:  # once the suite loaded (a bad input's error stays the only line on stderr),
+        profiles = read_yaml(suite_path(suite)).get("profiles")  # on stdout, with the progress it heads
         name, why = default_profile(profiles)
         names = ["paper", *(profiles if isinstance(profiles, dict) else [])]
         choose = f"--profile {'|'.join(names)} to choose" if len(names) > 1 else "the suite has no other profiles"
-        typer.echo(f"profile: {name} ({why}; {choose})", err=True)
-    return load_suite(suite, profile, overrides or [], _csv(methods, str, "methods"), _csv(seeds, int, "seeds"), params,
-                      also_methods=_csv(also, str, "methods"))
+        typer.echo(f"profile: {name} ({why}; {choose})")
+    return s
 
 
 _stopped = threading.Event()  # a stop signal arrived during the command, even if something swallowed it

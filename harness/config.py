@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import HarnessError
-from .registry import DATASETS, METHODS, MODELS, unknown
+from .registry import DATASETS, METHODS, MODELS, normalize, unknown
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 PROFILES = ("paper", "quick", "smoke")
@@ -496,6 +496,7 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         source = f"{path} with --params {params_file}"
     overridden = []
     has = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
+    methods = _method_keys(methods, has) if methods else methods
     settable = {*has, *(methods or []), *(also_methods or [])}  # the suite's methods and those the command runs
     for text in overrides:
         parts, value = parse_override(text)
@@ -513,6 +514,19 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
         return _select_and_validate(raw, path, source, methods, seeds)
     except HarnessError as e:
         raise _blame_override(e, source, overridden) from None
+
+
+def _method_keys(names: list[str], suite_methods: dict) -> list[str]:
+    """--methods as typed (`DFAD`, `kd-ori`) -> the suite's entry of that name, else the registered method's name;
+    each once, in order. An unknown name passes through: validation refuses it, with a suggestion."""
+    by_key = {normalize(k): k for k in suite_methods}
+    out = []
+    for m in names:
+        key = m if m in suite_methods else by_key.get(normalize(m)) or (
+            normalize(m) if normalize(m) in registered_methods() else m)
+        if key not in out:
+            out.append(key)
+    return out
 
 
 def registered_methods() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import re
 import time
 import warnings
 import zipfile
@@ -61,17 +62,20 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "teacher checkp
         with warnings.catch_warnings():  # torch's own warnings about the file; the error below says what is wrong
             warnings.simplefilter("ignore")
             obj = _read(path, mmap=not load)
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):
+    except Exception as e:  # torch raises many kinds for a file that is not its own format
+        # torch's weights-only reader prefixes every failure with "Weights only load failed": an object it will not
+        # build (a function, a class) is a global it does not allow; anything else is a damaged or foreign file
+        if isinstance(e, pickle.UnpicklingError) and re.search(
+                r"unsupported global|allowed global|allowlisted|must be imported to load", str(e), re.IGNORECASE):
             raise HarnessError(f"{what} {path} carries pickled code or objects, refused "
                                f"(only plain weights are loaded, never executed)") from None
-        raise HarnessError(f"{what} {path} is not a torch file ({str(e).splitlines()[0]})") from None
-    except Exception as e:  # torch raises many kinds for a file that is not its own format
         with open(path, "rb") as f:
             head = f.read(2)
-        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        first = detail.group(1) if detail else (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
         why = ("a truncated or corrupt zip archive" if head == b"PK" else "neither a zip archive nor a pickle"
-               if head[:1] != b"\x80" else f"{type(e).__name__}: {first}")
+               if head[:1] != b"\x80" else "a truncated pickle" if isinstance(e, EOFError)
+               else f"{type(e).__name__}: {first[:100]}")
         raise HarnessError(f"{what} {path} is not a torch file ({why})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):

@@ -400,6 +400,7 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
 
     try:  # errors, SIGTERM and full disks: cli's `guarded`, which wraps this command
         s = _load(suite, profile, overrides, methods=method)  # even if the profile's run_methods leave it out
+        method = next(iter(s.methods), method)  # as the suite names it (`--method DFAD` tunes its `dfad`)
         tune(s, method, trials, storage, study, jobs, pruner, runs_dir, seed, log=lambda m: typer.echo(m, err=True),
              rerun=[suite, *(overrides or [])])
     except KeyboardInterrupt:

@@ -68,6 +68,9 @@ def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
     (["validate", "mnist", "methods.dfad.lr_S=-1"], "methods.dfad.lr_S"),
     # `teacher` takes the suite's device as `run` does, and refuses what this machine cannot honour before training
     (["teacher", "mnist", "--profile", "smoke", "runtime.cuda_graph=true"], "runtime.cuda_graph=true needs a CUDA"),
+    # without --profile: the note naming the profile it chose goes to stdout, after the suite loaded
+    (["run", "mnist", "--methods", "dfda"], "did you mean 'dfad'"),
+    (["teacher", "mnist", "teacher.checkpoint=/nonexistent/lenet.pt"], "/nonexistent/lenet.pt"),
 ])
 def test_bad_input_is_one_line_nonzero(tmp_path, args, fragment):
     r = cli(*args, "--runs-dir", str(tmp_path)) if args[0] == "run" else cli(*args)

@@ -189,3 +189,18 @@ def test_floats_written_as_yaml_reads_them_still_load():
     assert s.method_params("dfad").lr_S == 1e-3 and s.teacher.recipe.lr == 5e-2
     assert s.method_params("dfad").batch_size == 8
     assert load_suite("mnist", "smoke", ["search.dfad.lr_S.low=1e-4"]).search["dfad"]["lr_S"].low == 1e-4
+
+
+def test_methods_as_typed_select_the_suites_entries():
+    """--methods DFAD or kd-ori runs the suite's `dfad` and `kd_ori` with the suite's settings, once each; a name the
+    suite lacks is the registered method (its defaults), and an unknown one is refused."""
+    from harness.config import load_suite
+
+    suite = load_suite("mnist", "smoke")
+    s = load_suite("mnist", "smoke", methods=["DFAD", "kd-ori", "dfad"])
+    assert list(s.methods) == ["dfad", "kd_ori"]
+    assert s.methods["dfad"] == suite.methods["dfad"] and s.methods["kd_ori"] == suite.methods["kd_ori"]
+    assert list(load_suite("ablation-loss", "smoke", methods=["DFAD-MSE"]).methods) == ["dfad_mse"]
+    assert list(load_suite("ablation-loss", "smoke", methods=["KD-ORI"]).methods) == ["kd_ori"]  # not in the suite
+    with pytest.raises(HarnessError, match="did you mean 'dfad'"):
+        load_suite("mnist", "smoke", methods=["dfda"])

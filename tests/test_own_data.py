@@ -52,7 +52,7 @@ def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):
     suite, runs = suite_file(tmp_path, folder), tmp_path / "runs"
     r = cli("run", str(suite), "--runs-dir", str(runs), data=tmp_path / "cache")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "profile: paper" in r.stderr  # the suite has no quick profile: paper, and said so
+    assert "profile: paper" in r.stdout  # the suite has no quick profile: paper, and said so
     for method in ("kd_ori", "dfad"):
         rd = runs / "own" / method / "seed-0"
         assert '"status": "done"' in (rd / "summary.json").read_text()

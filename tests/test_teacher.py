@@ -29,6 +29,10 @@ class Evil:
 @pytest.mark.parametrize("case,fragment", [
     ("missing", "does not exist"),
     ("text", "not a torch file"),
+    # torch's weights-only reader calls every failure "Weights only load failed": damage is not a refusal of code
+    ("junk", "not a torch file (neither a zip archive nor a pickle)"),
+    ("truncated", "not a torch file (a truncated pickle)"),
+    ("plain pickle", "not a torch file (UnpicklingError: Unsupported operand"),
     ("pickle", "pickled code"),
     ("arch", "does not fit"),
     ("classes", "has shape"),
@@ -40,6 +44,15 @@ def test_bad_checkpoints(tmp_path, case, fragment):
     path = tmp_path / "t.pt"
     if case == "text":
         path.write_text("hello")
+    elif case == "junk":
+        path.write_bytes(b"not a checkpoint at all" * 10)
+    elif case == "truncated":
+        torch.save(build_model("lenet5").state_dict(), path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:1000])
+    elif case == "plain pickle":
+        import pickle
+
+        path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=4))
     elif case == "pickle":
         torch.save({"w": Evil()}, path)
     elif case == "arch":
