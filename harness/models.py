@@ -143,46 +143,46 @@ class GeneratorA(nn.Module):
 
 
 @MODELS.register("generator_dafl")
-def generator_dafl(nz=100, ngf=64, input_shape=(1, 32, 32), **_):
+def generator_dafl(nz=100, ngf=64, input_shape=(1, 32, 32)):
     """DAFL's generator: GeneratorA whose two BatchNorms after the convolutions have eps 0.8 (DAFL's official
     `nn.BatchNorm2d(128, 0.8)`, `nn.BatchNorm2d(64, 0.8)`: the second argument is eps)."""
     return GeneratorA(nz, ngf, input_shape, bn_eps=0.8)
 
 
 @MODELS.register("lenet5")
-def lenet5(num_classes=10, in_channels=1, **_):
-    return LeNet5(num_classes, in_channels)
+def lenet5(num_classes=10, in_channels=1, width=1.0):
+    return LeNet5(num_classes, in_channels, width=width)
 
 
 @MODELS.register("lenet5_half")
-def lenet5_half(num_classes=10, in_channels=1, **_):
+def lenet5_half(num_classes=10, in_channels=1):
     return LeNet5(num_classes, in_channels, width=0.5)
 
 
 @MODELS.register("resnet18_8x")
-def resnet18_8x(num_classes=10, in_channels=3, width=64, **_):
+def resnet18_8x(num_classes=10, in_channels=3, width=64):
     return CifarResNet([2, 2, 2, 2], num_classes, in_channels, tuple(width * m for m in (1, 2, 4, 8)))
 
 
 @MODELS.register("resnet34_8x")
-def resnet34_8x(num_classes=10, in_channels=3, width=64, **_):
+def resnet34_8x(num_classes=10, in_channels=3, width=64):
     return CifarResNet([3, 4, 6, 3], num_classes, in_channels, tuple(width * m for m in (1, 2, 4, 8)))
 
 
 @MODELS.register("resnet8")
-def resnet8(num_classes=10, in_channels=3, width=16, **_):
+def resnet8(num_classes=10, in_channels=3, width=16):
     """CIFAR ResNet-8 (16-32-64): a student sized for CPU profiles."""
     return CifarResNet([1, 1, 1], num_classes, in_channels, (width, width * 2, width * 4))
 
 
 @MODELS.register("resnet20")
-def resnet20(num_classes=10, in_channels=3, width=16, **_):
+def resnet20(num_classes=10, in_channels=3, width=16):
     """CIFAR ResNet-20 (16-32-64): a teacher sized for CPU profiles."""
     return CifarResNet([3, 3, 3], num_classes, in_channels, (width, width * 2, width * 4))
 
 
 @MODELS.register("generator_a")
-def generator_a(nz=100, ngf=64, input_shape=(1, 32, 32), **_):
+def generator_a(nz=100, ngf=64, input_shape=(1, 32, 32)):
     return GeneratorA(nz, ngf, tuple(input_shape))
 
 

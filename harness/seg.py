@@ -60,7 +60,7 @@ class GeneratorB(nn.Module):
 
 
 @MODELS.register("generator_b")
-def generator_b(nz=256, ngf=64, input_shape=(3, 128, 128), **_):
+def generator_b(nz=256, ngf=64, input_shape=(3, 128, 128)):
     return GeneratorB(nz, ngf, tuple(input_shape))
 
 

@@ -41,7 +41,7 @@ def _local_imagenet_weights(weights) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).is_file()
 
 
-def deeplabv3_resnet50(num_classes=11, in_channels=3, pretrained_backbone=True, **_):
+def deeplabv3_resnet50(num_classes=11, in_channels=3, pretrained_backbone=True):
     global _said_scratch
     from torchvision.models import ResNet50_Weights
 
@@ -73,7 +73,7 @@ def dilate(features: nn.Sequential, output_stride: int) -> nn.Sequential:
     return features
 
 
-def deeplabv3_mobilenetv2(num_classes=11, in_channels=3, width=1.0, head_channels=256, output_stride=8, **_):
+def deeplabv3_mobilenetv2(num_classes=11, in_channels=3, width=1.0, head_channels=256, output_stride=8):
     features = torchvision.models.mobilenet_v2(width_mult=width).features[:-1]  # ends at 320 (x width) channels
     c = features[-1].out_channels
     rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
@@ -121,9 +121,9 @@ def tv_resnet(blocks, num_classes, width=64, in_channels=3) -> TVResNet:
     return m
 
 
-def resnet34_tv(num_classes=101, in_channels=3, width=64, **_):
+def resnet34_tv(num_classes=101, in_channels=3, width=64):
     return tv_resnet([3, 4, 6, 3], num_classes, width, in_channels)
 
 
-def resnet18_tv(num_classes=101, in_channels=3, width=64, **_):
+def resnet18_tv(num_classes=101, in_channels=3, width=64):
     return tv_resnet([2, 2, 2, 2], num_classes, width, in_channels)

@@ -55,6 +55,19 @@ def test_features_come_from_the_same_forward(name):
         assert len(feats["stages"]) >= 3
 
 
+def test_every_built_in_model_takes_its_kwargs_and_no_others():
+    """A kwarg is used or refused: LeNet-5 takes `width` (it once dropped it and built the full model)."""
+    from harness.registry import MODELS
+
+    assert sum(p.numel() for p in build_model("lenet5", width=0.5).parameters()) == \
+        sum(p.numel() for p in build_model("lenet5_half").parameters())
+    built_in = [name for name, factory in MODELS.items() if factory.__module__.startswith("harness.")]
+    assert len(built_in) >= 13
+    for name in built_in:
+        with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
+            build_model(name, no_such_option=1)
+
+
 def test_human_macs():
     assert human_macs(139_000) == "139K"
     assert human_macs(557e6) == "557M"
@@ -67,6 +80,10 @@ def test_human_macs():
     (["student.name=deeplabv3_mobilenetv2", "student.kwargs.width=0.25"],
      "student deeplabv3_mobilenetv2 (width=0.25) cannot take mnist's input (1, 32, 32): RuntimeError: Given groups=1"),
     (["teacher.model.name=test_three_logits"], "teacher test_three_logits gives output (2, 3) for mnist's input (1, 32, 32), not (batch, 10, ...)"),
+    # a misspelt or foreign kwarg is refused, not dropped (every built-in factory once ended with **_)
+    (["student.name=resnet8", "student.kwargs.widht=8"], "cannot be built: TypeError: resnet8() got an unexpected keyword argument 'widht'"),
+    (["student.kwargs.foo=1"], "student lenet5_half (foo=1) cannot be built: TypeError"),
+    (["teacher.model.name=deeplabv3_mobilenetv2", "teacher.model.kwargs.depth=3"], "unexpected keyword argument 'depth'"),
 ])
 def test_check_models_names_a_model_that_does_not_fit_the_dataset(overrides, fragment):
     from harness.config import load_suite
