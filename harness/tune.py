@@ -8,6 +8,7 @@ machines). Each trial is a W&B run too. The study ends as a YAML overlay for `ru
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import shlex
@@ -170,6 +171,10 @@ def run_trial(trial, suite, method: str, teacher, fit, val, device, runs_dir: Pa
     except optuna.TrialPruned:
         status = "pruned"
         raise
+    except KeyboardInterrupt:  # optuna records it failed: marked, so the study's summary says what happened
+        status = "interrupted"
+        trial.set_user_attr("interrupted", True)
+        raise
     finally:
         tracker.on_run_end({"status": status, "best_val_acc": best, "teacher_acc": teacher.acc})
 
@@ -200,6 +205,10 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     st = optuna.load_study(study_name=study, storage=open_storage(storage, Path(runs_dir), study), sampler=sampler,
                            pruner=make_pruner(pruner, suite, n_trials))
+    # optuna logs a trial that Ctrl-C stopped as failed, with the KeyboardInterrupt's traceback: the command's
+    # one line says it instead (and the trial is marked interrupted)
+    logging.getLogger("optuna.study._optimize").addFilter(
+        lambda r: not (r.exc_info and isinstance(r.exc_info[1], KeyboardInterrupt)))
     try:
         st.optimize(lambda t: run_trial(t, suite, method, teacher, fit, val, device, Path(runs_dir), study),
                     n_trials=n_trials, catch=(HarnessError,))
@@ -338,7 +347,8 @@ def finish(st, method: str, out: Path, storage: str, log=print, apply: str = "")
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for t in st.trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        state = "interrupted" if t.user_attrs.get("interrupted") else t.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
     done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
     record = {"study": st.study_name, "storage": storage, "method": method, "trials": counts}
     if not done:

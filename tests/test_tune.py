@@ -390,3 +390,28 @@ def test_a_stopped_local_launch_checkpoints_its_runs_and_leaves_no_job(runs, how
     assert torch.load(rd / "checkpoint.pt", weights_only=True)["iteration"] > 1000
     left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
     assert not left, left
+
+
+def test_ctrl_c_during_a_trial_is_marked_interrupted_without_a_traceback(runs, monkeypatch, capfd):
+    """Optuna records the trial Ctrl-C stopped as failed and logs the KeyboardInterrupt's traceback: the harness
+    marks it interrupted (the study's summary counts it so, not as a crash) and keeps the traceback off stderr."""
+    import harness.loop
+    from harness.tune import tune
+
+    real, calls = harness.loop.run_loop, []
+
+    def stopped_in_the_second_trial(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(harness.loop, "run_loop", stopped_in_the_second_trial)
+    suite = load_suite("mnist", "smoke", TINY + SPACE)
+    with pytest.raises(KeyboardInterrupt):
+        tune(suite, "dfad", trials=3, runs_dir=runs, log=lambda *_: None)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    rec = tune(suite, "dfad", trials=1, runs_dir=runs, log=lambda *_: None)  # a rerun adds trials and sums them up
+    assert rec["trials"].get("interrupted") == 1 and "fail" not in rec["trials"], rec["trials"]
+    assert sum(rec["trials"].values()) == 3
