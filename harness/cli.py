@@ -236,10 +236,13 @@ def _stored_profile(suite: str, runs_dir: Path) -> str | None:
     from .config import suite_path
     from .store import Store, read_json
 
+    from .runner import read_yaml_or_none
+
     for rd in Store(runs_dir, suite_path(suite).stem).runs():
-        s = read_json(rd.summary_path)
-        if s and s.get("profile"):
-            return s["profile"]
+        # the summary's, else the config's (a summary.json that cannot be read leaves the run's config.yaml)
+        for record in (read_json(rd.summary_path), read_yaml_or_none(rd.config)):
+            if isinstance(record, dict) and isinstance(record.get("profile"), str):
+                return record["profile"]
     return None
 
 

@@ -597,3 +597,20 @@ def test_cells_that_print_the_same_are_bold_together(tmp_path):
     put(store, "kd_ori", 0, best=0.99)  # data-driven: never bold
     t = build_table([suite], ["mnist"], tmp_path / "runs")
     assert {r for r, _ in t.bold()} == {"dfad", "zskt"}
+
+
+def test_a_report_finds_the_runs_profile_where_their_summaries_cannot_be_read(tmp_path):
+    """The report's titles name the profile the runs were made with: from a summary.json, else from the run's
+    config.yaml (an unreadable summary once left the default profile's name on a table of smoke runs)."""
+    from harness.cli import _stored_profile
+
+    rd = tmp_path / "mnist" / "dfad" / "seed-0"
+    rd.mkdir(parents=True)
+    (rd / "summary.json").write_text("{bad")
+    (rd / "config.yaml").write_text("profile: smoke\nseed: 0\n")
+    assert _stored_profile("mnist", tmp_path) == "smoke"
+    (rd / "summary.json").write_text('{"profile": "quick", "status": "done"}')
+    assert _stored_profile("mnist", tmp_path) == "quick"  # the summary first
+    (rd / "config.yaml").unlink()
+    (rd / "summary.json").unlink()
+    assert _stored_profile("mnist", tmp_path) is None
