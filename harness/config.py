@@ -642,11 +642,19 @@ def _key(part) -> str:
 
 def one_line(e: ValidationError, prefix: str = "") -> str:
     """A pydantic error as one line: where, what, and the value given."""
-    err = e.errors()[0]
+    errs = e.errors()
+    err = errs[0]
+    missing = [x for x in errs if x["type"] == "missing"]
+    extra = [x for x in errs if x["type"] == "extra_forbidden"]
+    if missing and extra:  # a misspelt required key is both: the unknown key is the mistake to name
+        err = extra[0]
     loc = prefix + ".".join(_key(x) for x in err["loc"])
     msg = " ".join(err["msg"].split())
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        beside = [str(x["loc"][-1]) for x in missing if tuple(x["loc"][:-1]) == tuple(err["loc"][:-1])]
+        if close := difflib.get_close_matches(str(err["loc"][-1]), beside, n=1):
+            msg += f"; did you mean {close[0]!r}?"
     given = err.get("input")
     shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(given, dict) else f" (got {given!r})"
     more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""

@@ -204,3 +204,15 @@ def test_methods_as_typed_select_the_suites_entries():
     assert list(load_suite("ablation-loss", "smoke", methods=["KD-ORI"]).methods) == ["kd_ori"]  # not in the suite
     with pytest.raises(HarnessError, match="did you mean 'dfad'"):
         load_suite("mnist", "smoke", methods=["dfda"])
+
+
+def test_a_misspelt_required_key_is_named_as_the_mistake(tmp_path):
+    """`budgt:` for `budget:` is an unknown key and a missing one: the message names the key as typed, with the
+    one it resembles, not only "budget: Field required"."""
+    from harness.config import load_suite
+
+    f = tmp_path / "s.yaml"
+    f.write_text("dataset: mnist\nteacher: {model: {name: lenet5}}\nstudent: {name: lenet5_half}\n"
+                 "budgt: {iterations: 10, eval_every: 5}\nmethods: {dfad: {}}\n")
+    with pytest.raises(HarnessError, match=r"budgt: unknown key; did you mean 'budget'\?"):
+        load_suite(str(f))
