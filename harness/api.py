@@ -48,7 +48,8 @@ def training_batches(ctx: Context, source: Optional[str], batch_size: int):
         return LoaderBatches(ctx.train_set, batch_size, ctx.device, ctx.seed)
     name = source or ctx.dataset
     if name is None:
-        raise HarnessError("this method needs training data: pass train_set= (or a dataset name as `data`)")
+        raise HarnessError("this method needs training data: pass train_set= (a Dataset of (image, label) pairs "
+                           "prepared as your teacher takes them)")
     if ctx.dataset is None:  # distill(): images are normalised as the suite's data are, and there is no suite
         raise HarnessError(f"data={name!r}: distill() does not know how your teacher's inputs are normalised; "
                            f"pass train_set= (a Dataset of {name} images prepared as your teacher takes them)")

@@ -249,7 +249,8 @@ def _stored_profile(suite: str, runs_dir: Path) -> str | None:
 @app.command()
 @guarded
 def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
-             profile: Optional[str] = PROFILE,
+             profile: Optional[str] = typer.Option(None, "--profile", "-p", help="check this profile only "
+                                                   "(default: every profile of the suite)"),
              data: bool = typer.Option(True, "--data/--no-data", help="also check that the data the runs read is "
                                        "under $DFAD_DATA (decodes and caches it once; never downloads)"),
              runs_dir: Path = typer.Option("runs", "--runs-dir", help="where runs are stored: a teacher cached there "
@@ -282,7 +283,7 @@ def _check_data(needs: dict[tuple[str, str], list[str]]) -> None:
         why = missing_split(name, split)
         used = f"(read by {', '.join(users)})"
         if why is None:
-            typer.echo(f"data: {name} {split} found under {data_root()} {used}")
+            typer.echo(f"data: {name} {split} found under {get_dataset(name).folder or data_root()} {used}")
         elif get_dataset(name).downloads and download_allowed():
             typer.echo(f"data: {name} {split} not under {data_root()}; the run downloads it {used}")
         else:

@@ -96,6 +96,7 @@ class DatasetSpec:
     metric: str = "acc"  # "acc" | "miou" (segmentation: void labels ignored); the loop's evaluate dispatches on it
     cache_name: str = ""  # the decoded tensors' file name under <root>/.dfad-cache; default: the name
     downloads: bool = False  # torchvision fetches it when it is not under the root (and DFAD_DOWNLOAD allows)
+    folder: Path | None = None  # a suite's own image folder (`datasets:`), read from there, not from the root
 
     def __post_init__(self):
         self.cache_name = self.cache_name or self.name
@@ -402,7 +403,7 @@ def _register_folder(name: str, cfg) -> DatasetSpec:
 
     spec = DatasetSpec(name, (cfg.channels, h, w), len(classes), tuple(cfg.mean or [0.5] * cfg.channels),
                        tuple(cfg.std or [0.5] * cfg.channels), load, cfg.augment, how_to_get=layout,
-                       cache_name=f"{name}-{key}")
+                       cache_name=f"{name}-{key}", folder=folder)
     _OWN.add(normalize(name))
     return DATASETS.replace(name, spec)
 

@@ -151,6 +151,8 @@ def test_labels_and_shapes_that_would_broadcast_are_refused_before_training():
         (dict(test_set=_data(), method="kd_ori", train_set=TensorDataset(x)), "train_set: expected (image, label) pairs"),
         (dict(test_set=_data(), teacher=ConvHead()), "teacher gives output (batch, 7, 1, 1) and the student (batch, 7)"),
         (dict(test_set=_data(), method="kd_unr", data="mnist"), "distill() does not know how your teacher's inputs"),
+        # (no hint at `data=`, which distill() refuses just above)
+        (dict(test_set=_data(), method="kd_rel"), "this method needs training data: pass train_set= (a Dataset of"),
         (dict(test_set=_data(), iterations=0), "distill: iterations: Input should be greater than 0"),
         (dict(test_set=_data(), eval_every=0), "distill: eval_every: Input should be greater than 0"),
         (dict(test_set=_data(), precision="fp16"), "distill: precision: Input should be 'auto', 'fp32' or 'bf16'"),

@@ -68,6 +68,8 @@ def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):
 
     again = cli("run", str(suite), "--runs-dir", str(runs), "--no-report", data=tmp_path / "cache")
     assert again.returncode == 0 and again.stdout.count("already done") == 2, again.stdout
+    v = cli("validate", str(suite), "--runs-dir", str(runs), data=tmp_path / "cache")  # says where it read the data
+    assert v.returncode == 0 and f"data: digits test found under {folder.resolve()}" in v.stdout, v.stdout + v.stderr
     # other files are other data: the finished runs are not passed off as runs on them
     (folder / "train" / "digit3" / "0.png").unlink()
     changed = cli("run", str(suite), "--runs-dir", str(runs), "--no-report", data=tmp_path / "cache")
