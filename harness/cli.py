@@ -185,6 +185,9 @@ def report(suites: Optional[List[str]] = typer.Argument(None, help="suites (name
         if len(missing) == len(loaded):
             raise HarnessError(f"no runs of suites {', '.join(map(repr, missing))} under {runs_dir}")
         typer.echo(f"warning: no runs of suite(s) {', '.join(map(repr, missing))} under {runs_dir}: n/a", err=True)
+    if paper_table and not any(s and Store(runs_dir, s.name).has_runs() for s in loaded):
+        typer.echo(f"warning: no runs of {', '.join(names)} under {runs_dir}: the table holds the paper's numbers "
+                   f"only", err=True)
     paper = paper_as if with_paper else None
     t = multi_table(loaded, [s.dataset if s else n for s, n in zip(loaded, names)], runs_dir, metric,
                     paper_rows=bool(paper_table), ablation=ablation)

@@ -230,6 +230,10 @@ def test_cli_paper_table_and_formats(golden):
     assert rows[0].startswith("method,label,group,dataset,status,mean,std,n")
     bad = CliRunner().invoke(app, ["report", "--paper-table", "xyz", "--runs-dir", str(runs)])
     assert bad.exit_code == 2 and "--paper-table 'xyz'" in bad.output
+    assert "the paper's numbers only" not in r.output
+    # a store with no run of any of the table's suites: the paper's numbers, and a warning saying so
+    empty = CliRunner().invoke(app, ["report", "--paper-table", "cls", "--runs-dir", str(runs / "nothing")])
+    assert empty.exit_code == 0 and "the table holds the paper's numbers only" in empty.output, empty.output
 
 
 
