@@ -1,5 +1,5 @@
 """A fast subset of benchmarks/bad_inputs.py: real `dfad-bench` subprocesses beside one finished smoke run;
-each bad input exits non-zero with exactly one `error:` line, no traceback, nothing outside its temporary
+each bad input exits non-zero with one line on stderr, the `error:` line, no traceback, nothing outside its temporary
 folder touched, and the finished run's files byte-identical afterwards."""
 import atexit
 import importlib.util
@@ -50,7 +50,10 @@ SUBSET = {  # case -> what its one error line must name
     # nothing written beside the data root's decoded copies when an own dataset fails to decode
     "own dataset: a file that is not an image": "not an image torchvision or PIL can decode",
     "validate: the suite's data is not under DFAD_DATA": "data missing for 2 dataset split(s): nyuv2 test",
-    "validate: checkpoint of another class count": "fc2.weight has shape (100, 84), expected (10, 84)"}
+    "validate: checkpoint of another class count": "fc2.weight has shape (100, 84), expected (10, 84)",
+    "checkpoint of junk bytes": "not a torch file (neither a zip archive nor a pickle)",
+    "model kwarg the model does not take": "unexpected keyword argument 'widht'",
+    "checkpoint missing, no --profile (its note goes to stdout)": "none.pt does not exist"}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_bad_input(finished, name):
     r = bad_inputs.run_case(CASES[name], t, hashes)
     if "skipped" in r:
         pytest.skip(r["skipped"])
-    assert r["rc"] != 0 and len(r["errors"]) == 1 and not r["traceback"], r
+    assert r["rc"] != 0 and len(r["errors"]) == 1 and r["stderr_lines"] == 1 and not r["traceback"], r
     assert SUBSET[name] in r["errors"][0], r["errors"]
     assert r["intact"], r["changed"]
     assert not r["outside"] and not r["executed"], r
