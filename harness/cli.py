@@ -365,7 +365,9 @@ def main() -> int:
         return e.exit_code
     except click.Abort:  # Ctrl-C while click itself read input
         typer.echo("interrupted", err=True)
-        return 130
+        rc = 130
+    if rc == 130:  # stopped: another Ctrl-C while the process winds down (W&B's exit hooks) would end it by the
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # signal, with a traceback, and not with 130
     return rc if isinstance(rc, int) else 0
 
 

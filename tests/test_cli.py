@@ -259,3 +259,20 @@ def test_a_method_outside_the_suite_runs_with_methods_and_its_overrides_then_the
     assert "| RANDOM |" in r.output  # the report after the run
     config = (runs / "ablation-loss" / "random" / "seed-0" / "config.yaml").read_text()
     assert "k: 1" in config and "batch_size: 8" in config
+
+
+def test_once_interrupted_the_command_winds_down_without_ending_by_the_signal(monkeypatch):
+    """After a Ctrl-C stopped the command (exit 130), another one during the process's exit (W&B's exit hooks)
+    is ignored: it once ended the process by SIGINT (status -2), with a traceback."""
+    import signal
+
+    from harness import cli as harness_cli
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(harness_cli, "app", lambda standalone_mode: 0)
+    assert harness_cli.main() == 0 and signal.getsignal(signal.SIGINT) is before  # a finished command: untouched
+    monkeypatch.setattr(harness_cli, "app", lambda standalone_mode: 130)
+    try:
+        assert harness_cli.main() == 130 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
