@@ -258,8 +258,13 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
         raise HarnessError(f"{out} holds study {study} from storage {earlier}, not {label}; give --study another "
                            f"name (or --runs-dir another folder) to keep both")
     make_pruner(pruner, suite, trials)  # a bad --pruner fails here, not in every worker
-    st = optuna.create_study(study_name=study, storage=open_storage(storage, runs_dir, study), direction="maximize",
-                             load_if_exists=True)
+    verbosity = optuna.logging.get_verbosity()  # its "A new study created" / "Using an existing study" line would
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # come before the checks below: ours says it after them
+    try:
+        st = optuna.create_study(study_name=study, storage=open_storage(storage, runs_dir, study),
+                                 direction="maximize", load_if_exists=True)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     objective = f"best student accuracy on {SPLIT} of {suite.dataset}'s training set"
     if st.user_attrs.get("objective", objective) != objective:  # e.g. a study from before the split changed
         raise HarnessError(f"study {study} was scored on another validation split ({st.user_attrs['objective']}); "
@@ -295,7 +300,8 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
     args = [(suite.model_dump(mode="json"), method, study, storage, n, seed + i, pruner, str(runs_dir), threads)
             for i, n in enumerate(shares)]
-    log(f"study {study} ({redact(storage or 'journal')}): {trials} trials in {jobs} worker(s), pruner {pruner}")
+    before = f"{len(st.trials)} trial(s) there before, " if st.trials else "new, "
+    log(f"study {study} ({redact(storage or 'journal')}): {before}{trials} trials in {jobs} worker(s), pruner {pruner}")
     if jobs == 1:
         worker(*args[0])
     else:  # spawn, not fork: torch's threads and optuna's connections do not survive a fork

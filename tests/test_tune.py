@@ -213,7 +213,7 @@ def test_a_study_scored_on_another_split_is_not_extended(tmp_path):
         tune(suite, "dfad", 1, runs_dir=tmp_path)
 
 
-def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
+def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs, capfd):
     """Extending a study draws new points (a sampler seeded as before would repeat its first trials exactly), and
     extending it with another budget is refused: those trials would not rank against these."""
     import optuna
@@ -229,8 +229,10 @@ def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs):
     lrs = [t.params["lr_S"] for t in trials]
     assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
     longer = load_suite("mnist", "smoke", TINY + SPACE + ["tracking.wandb.mode=disabled", "budget.iterations=6"])
+    capfd.readouterr()
     with pytest.raises(HarnessError, match=r"another config \(budget.iterations differs\).*--study a new name"):
         tune(longer, "dfad", 1, runs_dir=runs)
+    assert "study" not in capfd.readouterr().err  # optuna's "Using an existing study" no longer comes first
     with pytest.raises(HarnessError, match="runtime.precision=fp32, not bf16"):
         tune(load_suite("mnist", "smoke", TINY + SPACE + ["runtime.precision=bf16"]), "dfad", 1, runs_dir=runs)
     # a study.json from before storage paths were resolved (as typed, relative) does not block its study
