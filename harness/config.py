@@ -519,11 +519,11 @@ def load_suite(name_or_path: str, profile: str | None = None, overrides: list[st
 def _method_keys(names: list[str], suite_methods: dict) -> list[str]:
     """--methods as typed (`DFAD`, `kd-ori`) -> the suite's entry of that name, else the registered method's name;
     each once, in order. An unknown name passes through: validation refuses it, with a suggestion."""
-    by_key = {normalize(k): k for k in suite_methods}
+    by_key, registered = {normalize(k): k for k in suite_methods}, registered_methods()
     out = []
     for m in names:
-        key = m if m in suite_methods else by_key.get(normalize(m)) or (
-            normalize(m) if normalize(m) in registered_methods() else m)
+        n = normalize(m)
+        key = m if m in suite_methods else by_key.get(n) or (n if n in registered else m)
         if key not in out:
             out.append(key)
     return out

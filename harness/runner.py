@@ -262,9 +262,9 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                             suite.budget.iterations, device, dataset=suite.dataset,
                             **runtime_switches(suite.runtime))
         m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
-        base.update(student_macs=macs, data_free=m.data_free,
-                    precision=str(ctx.precision or "fp32").replace("torch.", ""), channels_last=ctx.channels_last,
-                    eval_precision=str(ctx.precision if ctx.eval_autocast else "fp32").replace("torch.", ""),
+        precision = str(ctx.precision or "fp32").replace("torch.", "")
+        base.update(student_macs=macs, data_free=m.data_free, precision=precision, channels_last=ctx.channels_last,
+                    eval_precision=precision if ctx.eval_autocast else "fp32",
                     frozen_teacher=ctx.fast, teacher_bn_folded=ctx.teacher_bn_folded)
         m.setup()
         # whether a generator of this method fuses upsample+conv (a method without one has nothing to fuse)

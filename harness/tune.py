@@ -185,6 +185,12 @@ def torch_seed(seed: int):
     torch.manual_seed(seed)
 
 
+def _no_interrupt_traceback(record) -> bool:
+    """optuna logs a trial that Ctrl-C stopped as failed, with the KeyboardInterrupt's traceback: the command's one
+    line says it instead (and the trial is marked interrupted)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_trials: int, seed: int,
            pruner: str, runs_dir: str, threads: int | None) -> None:
     """One tuning process: its own sampler seed, the shared storage, `n_trials` trials."""
@@ -205,10 +211,7 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     st = optuna.load_study(study_name=study, storage=open_storage(storage, Path(runs_dir), study), sampler=sampler,
                            pruner=make_pruner(pruner, suite, n_trials))
-    # optuna logs a trial that Ctrl-C stopped as failed, with the KeyboardInterrupt's traceback: the command's
-    # one line says it instead (and the trial is marked interrupted)
-    logging.getLogger("optuna.study._optimize").addFilter(
-        lambda r: not (r.exc_info and isinstance(r.exc_info[1], KeyboardInterrupt)))
+    logging.getLogger("optuna.study._optimize").addFilter(_no_interrupt_traceback)  # once per logger: idempotent
     try:
         st.optimize(lambda t: run_trial(t, suite, method, teacher, fit, val, device, Path(runs_dir), study),
                     n_trials=n_trials, catch=(HarnessError,))
@@ -292,7 +295,8 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     st.set_user_attr("config", config)
     # a fresh study draws from `seed`; a resumed one from a seed its trial count moves on, so new trials explore new
     # points instead of repeating the first ones (TPE's start-up trials are random draws from the seed)
-    seed += 1000 * len(st.trials)
+    n_before = len(st.trials)  # read from the storage once
+    seed += 1000 * n_before
     env.apply_runtime(suite.runtime)
     ensure_teacher(suite, runs_dir, env.runtime_device(suite.runtime), log)  # once, before workers race on it
     jobs = min(jobs, trials)
@@ -300,7 +304,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
     args = [(suite.model_dump(mode="json"), method, study, storage, n, seed + i, pruner, str(runs_dir), threads)
             for i, n in enumerate(shares)]
-    before = f"{len(st.trials)} trial(s) there before, " if st.trials else "new, "
+    before = f"{n_before} trial(s) there before, " if n_before else "new, "
     log(f"study {study} ({redact(storage or 'journal')}): {before}{trials} trials in {jobs} worker(s), pruner {pruner}")
     if jobs == 1:
         worker(*args[0])
