@@ -77,6 +77,22 @@ def resize(x: torch.Tensor, hw) -> torch.Tensor:
     return torch.cat(out)
 
 
+def image_grid(x: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
+    """(B, C, H, W) images tiled into one (C, H', W') image, `nrow` per row, `padding` pixels around each: the
+    layout of torchvision.utils.make_grid (tested against it), without importing torchvision, which costs a
+    process over a second (its ops import torch._dynamo)."""
+    b, c, h, w = x.shape
+    if b == 1:  # make_grid's one image: unpadded
+        return x[0]
+    cols = min(nrow, b)
+    rows = -(-b // cols)
+    grid = x.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i, img in enumerate(x):
+        top, left = (i // cols) * (h + padding) + padding, (i % cols) * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = img
+    return grid
+
+
 def metric_word(metric: str) -> str:
     """How progress lines name a dataset's metric ("acc" or "miou", DatasetSpec.metric)."""
     return "mIoU" if metric == "miou" else "acc"

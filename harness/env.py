@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -107,12 +108,29 @@ def git_commit() -> str:
 
 
 def versions() -> dict[str, str]:
-    import torchvision
-
     from . import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "dfad_bench": __version__}
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision_version(),
+            "dfad_bench": __version__}
+
+
+def torchvision_version() -> str:
+    """torchvision.__version__ (with its build label, "0.29.1+cu130") without importing torchvision, which costs a
+    process over a second (its ops import torch._dynamo) that a run on cached data never needs."""
+    import importlib.util
+    import re
+
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"].__version__
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.origin:
+        return "not installed"
+    try:
+        found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", (Path(spec.origin).parent / "version.py").read_text(),
+                          re.M)
+    except OSError:
+        found = None
+    return found.group(1) if found else "unknown"
 
 
 def thread_count(n: int | None = None) -> int:
@@ -175,7 +193,8 @@ def set_determinism(on: bool) -> None:
     off: cudnn.benchmark picks the fastest convolution algorithms."""
     if on:  # read when cuBLAS starts: before the first matmul on a GPU (a value the user set is kept)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    if on or torch.are_deterministic_algorithms_enabled():  # the call imports torch._inductor (over a second)
+        torch.use_deterministic_algorithms(on, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = not on
         torch.backends.cudnn.deterministic = on

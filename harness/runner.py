@@ -1,6 +1,7 @@
 """Runs a suite: the teacher, then every (method, seed) into the store, skipping what is finished."""
 from __future__ import annotations
 
+import math
 import os
 import time
 import traceback
@@ -160,9 +161,15 @@ def build_student(suite: Suite):
                        **suite.student.kwargs)
 
 
+# check_models runs models at inputs up to this many pixels for real (2 zeros: milliseconds on a CPU), larger ones
+# on "meta"
+SMALL_INPUT = 64 * 64
+
+
 def check_models(suite: Suite, roles=("teacher", "student")) -> None:
-    """The suite's teacher and student built, and a batch passed through each on the meta device (shapes only,
-    no arithmetic; where that fails, once more on the CPU, whose messages are the informative ones). A model
+    """The suite's teacher and student built, and a batch passed through each: on the CPU for inputs of up to
+    SMALL_INPUT pixels, else on the meta device (shapes only, no arithmetic; where that fails, once more on the CPU,
+    whose messages are the informative ones). A model
     its kwargs cannot build, one that cannot take the dataset's input, or one with the wrong number of outputs
     is then a one-line error before any training, not a failed run later. Draws no random numbers a run sees."""
     spec = get_dataset(suite.dataset)
@@ -189,7 +196,11 @@ def check_models(suite: Suite, roles=("teacher", "student")) -> None:
         if role == "teacher" and suite.teacher.checkpoint:  # its keys and shapes fit the model, nothing loaded
             load_weights(model, suite.teacher.checkpoint, load=False)
         fits = (what, spec.input_shape, spec.num_classes, f"{suite.dataset}'s input")
-        try:
+        if math.prod(spec.input_shape[1:]) <= SMALL_INPUT:  # 2 zeros through the real model: milliseconds
+            with torch.random.fork_rng(devices=[]):  # (a lazy layer initialises itself on its first call)
+                outputs[role] = check_fits(model, *fits)
+            continue
+        try:  # on "meta" no size costs anything, but the first such call imports torch._dynamo (over a second)
             outputs[role] = check_fits(model.to("meta"), *fits)
         except HarnessError:
             outputs[role] = check_fits(build(), *fits)

@@ -128,7 +128,7 @@ class WandbTracker(RunCallback):
     def sample_grid(self, method):
         """Denormalised generated images as an HxWxC uint8 grid, or None for methods without a generator.
         The RNG is forked so that tracking never changes what a run computes."""
-        from torchvision.utils import make_grid
+        from .data import image_grid
 
         dev = method.ctx.device
         try:
@@ -141,8 +141,8 @@ class WandbTracker(RunCallback):
             return None
         mean, std = self.stats
         x = (x.detach().float().cpu() * std + mean).clamp(0, 1)
-        grid = make_grid(x, nrow=8, padding=2)
-        return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        grid = (image_grid(x, nrow=8, padding=2).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        return grid[..., 0] if grid.shape[-1] == 1 else grid
 
     def on_run_end(self, summary: dict) -> None:
         if self.run is None:

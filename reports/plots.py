@@ -122,9 +122,7 @@ def generator_grid(rd, dataset: str, n: int):
     """The run's generator rebuilt from config.yaml and checkpoint.pt, n samples denormalised to [0, 1]."""
     import torch
     import yaml
-    from torchvision.utils import make_grid
-
-    from harness.data import get_dataset
+    from harness.data import get_dataset, image_grid
     from harness.models import build_model
 
     if not rd.checkpoint.is_file() or not rd.config.is_file():
@@ -149,8 +147,7 @@ def generator_grid(rd, dataset: str, n: int):
         x = G(torch.randn(n, p["nz"], generator=torch.Generator().manual_seed(0))).float()
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    grid = make_grid((x * std + mean).clamp(0, 1), nrow=8, padding=2, pad_value=1.0)
-    img = grid.permute(1, 2, 0).numpy()
+    img = image_grid((x * std + mean).clamp(0, 1), nrow=8, padding=2, pad_value=1.0).permute(1, 2, 0).numpy()
     return img[..., 0] if spec.input_shape[0] == 1 else img
 
 

@@ -97,6 +97,21 @@ def test_cli_import_leaves_torchvision_for_the_models_that_need_it():
     assert r.stdout.split() == ["False", "True", "TVResNet", "5"]
 
 
+def test_commands_that_train_nothing_import_neither_torchvision_nor_dynamo(tmp_path):
+    """torch._dynamo (~1.2 s, and torchvision's ops import it) loaded in every process: a meta-device forward,
+    torch.use_deterministic_algorithms(False) and the recorded torchvision version each imported it. A command
+    that trains nothing (validate, a bad input) no longer pays it; the version recorded is torchvision's own."""
+    code = ("import sys; from harness.cli import main; from harness import env; sys.argv = ['dfad-bench', "
+            "'validate', 'mnist', '--no-data']; print('exit', main())\n"
+            "print(env.versions()['torchvision']); env.set_determinism(False)\n"
+            "print(*(m in sys.modules for m in ('torch._dynamo', 'torchvision')))\n"
+            "import torchvision; print(torchvision.__version__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    *_, code_line, recorded, loaded, actual = r.stdout.splitlines()
+    assert code_line == "exit 0" and loaded == "False False" and recorded == actual
+
+
 def test_ls_and_validate():
     r = cli("ls")
     assert r.returncode == 0 and "dfad" in r.stdout and "mnist" in r.stdout and "lenet5_half" in r.stdout

@@ -618,3 +618,17 @@ def test_a_report_finds_the_runs_profile_where_their_summaries_cannot_be_read(tm
     (rd / "config.yaml").unlink()
     (rd / "summary.json").unlink()
     assert _stored_profile("mnist", tmp_path) is None
+
+
+@pytest.mark.parametrize("shape, nrow, pad_value", [((5, 1, 4, 3), 2, 1.0), ((16, 3, 8, 8), 8, 0.0),
+                                                     ((3, 3, 2, 5), 8, 0.5), ((1, 1, 6, 6), 4, 1.0)])
+def test_image_grid_lays_images_out_as_torchvision_does(shape, nrow, pad_value):
+    """The sample grids (W&B, report figures) are tiled without importing torchvision: same pixels as make_grid."""
+    from torchvision.utils import make_grid
+
+    from harness.data import image_grid
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    ours = image_grid(x, nrow=nrow, padding=2, pad_value=pad_value)
+    theirs = make_grid(x, nrow=nrow, padding=2, pad_value=pad_value)  # 1 channel comes back as 3 equal ones
+    assert torch.equal(ours, theirs[:shape[1]]) and (shape[1] == 3 or torch.equal(theirs[0], theirs[2]))
