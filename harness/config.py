@@ -88,6 +88,14 @@ class ModelCfg(Strict):
         return v
 
 
+class PaperFlops(Strict):
+    """The paper's FLOPs column (multiply-accumulates per image) for its teacher and its student: the report's paper
+    rows show them beside the counts of the models the runs used."""
+
+    teacher: Optional[float] = Field(None, gt=0)
+    student: Optional[float] = Field(None, gt=0)
+
+
 class FolderDataCfg(Strict):
     """A user's image-classification dataset in the ImageFolder layout, `<folder>/{train,test}/<class>/<image>`
     (classes: the train folder's subfolders, sorted). Images are decoded once, resized to `size`, and cached."""
@@ -257,6 +265,7 @@ class Suite(Strict):
     runtime: RuntimeCfg = Field(default_factory=RuntimeCfg)
     # the paper's numbers beside ours: a value, [mean, std] where the paper gives a spread, or its FAILED
     paper: dict[str, Union[float, tuple[float, float], Literal["FAILED"]]] = Field(default_factory=dict)
+    paper_flops: PaperFlops = Field(default_factory=PaperFlops)
     # paper rows this suite cannot run, and why (e.g. the related data is not to be had): the report's footnote
     unavailable: dict[str, str] = Field(default_factory=dict)
     notes: dict[str, str] = Field(default_factory=dict)  # per profile: what was scaled and why
@@ -352,7 +361,7 @@ class Suite(Strict):
 
     def run_config(self, method: str, seed: int) -> dict:
         """The resolved config of one run: what config.yaml holds and what identifies the run."""
-        d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "unavailable", "notes",
+        d = self.model_dump(mode="json", exclude={"methods", "seeds", "paper", "paper_flops", "unavailable", "notes",
                                                             "description", "tracking", "search", "datasets"})
         if own := self.own_dataset():  # only then: the configs (and hashes) of runs on built-in data stay as they were
             d["dataset_def"] = own

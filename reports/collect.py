@@ -162,6 +162,7 @@ class Cell:
     flops: str = ""
     paper: float | str | None = None  # the paper's value, or its "FAILED"
     paper_std: float | None = None  # the paper's ± where it gives one
+    paper_flops: str = ""  # the paper's MACs for the model this row's number comes from (its teacher or student)
 
 
 def aggregate(runs: pd.DataFrame, metric: str) -> Cell:

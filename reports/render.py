@@ -53,7 +53,7 @@ def display(t: Table, m: Markup, with_paper: str | None = None):
         if with_paper == "under" and any(t.cells[(r, d)].paper is not None for d in t.columns):
             pl = []
             for d in t.columns:
-                pl += ([""] if t.flops else []) + [paper_text(t.cells[(r, d)], m.pm)]
+                pl += ([t.cells[(r, d)].paper_flops] if t.flops else []) + [paper_text(t.cells[(r, d)], m.pm)]
             data.append(pl), bold.append([False] * len(pl)), italic.append([True] * len(pl))
             index.append((m.paper_row, f"paper:{r}")), rows.append(f"paper:{r}")
     idx = pd.MultiIndex.from_tuples(index)

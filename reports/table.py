@@ -82,9 +82,13 @@ def fmt(cell: Cell, pm: str = "±", n_max: int | None = None) -> str:
 
 
 def with_paper(cell: Cell, suite: Suite, key: str) -> Cell:
-    """The cell, given the suite's paper value for `key` (its mean, and its spread where the suite gives one)."""
+    """The cell, given the suite's paper value for `key` (its mean, and its spread where the suite gives one) and,
+    where the paper has that row, the paper's FLOPs for its model (the teacher's in the teacher row, else the
+    student's)."""
     p = suite.paper.get(key)
     cell.paper, cell.paper_std = p if isinstance(p, tuple) else (p, None)
+    macs = suite.paper_flops.teacher if key == "teacher" else suite.paper_flops.student
+    cell.paper_flops = human_macs(macs) if p is not None and macs else ""
     return cell
 
 
@@ -209,12 +213,13 @@ def build_table(suites: list[Suite | None], names: list[str], runs_dir: str | Pa
 def caption(t: Table, profiles: list[str], metric: str) -> str:
     """profiles: those of the stored runs (a paper table's columns without runs have none to name)."""
     spread = spread_text(t.seed_counts())
+    paper_flops = "; a paper row's, the paper's" if any(c.paper_flops for c in t.cells.values()) else ""
     measured = {t.value(c) for c in t.columns} or {t.value_name}
     what = ("mIoU" if measured == {"mIoU"} else "Test accuracy (mIoU for segmentation)" if "mIoU" in measured
             else "Test accuracy")
     return (f"{what}, the {EVAL_WORD[metric]} of each run's evaluations; {spread}; "
-            f"FLOPs: MACs per image (the student's; the teacher's in its row); bold: best data-free result per "
-            f"dataset; "
+            f"FLOPs: MACs per image (the student's; the teacher's in its row{paper_flops}); "
+            f"bold: best data-free result per dataset; "
             + (f"profiles: {', '.join(profiles)} (mixed: each run's summary.json says which)." if len(profiles) > 1
                else f"profile: {', '.join(profiles) or 'none'}."))
 
@@ -231,7 +236,7 @@ def tidy(t: Table) -> pd.DataFrame:
     """Long-format CSV rows: one per method x dataset, numbers unformatted."""
     return pd.DataFrame([{"method": r, "label": t.label(r), "group": t.groups[r], "dataset": col,
                           "status": c.status, "mean": c.mean, "std": c.std if c.status == "ok" else None, "n": c.n,
-                          "flops": c.flops, "paper": c.paper, "paper_std": c.paper_std,
+                          "flops": c.flops, "paper": c.paper, "paper_std": c.paper_std, "paper_flops": c.paper_flops,
                           "note": c.note}
                          for r in t.rows for col in t.columns for c in [t.cells[(r, col)]]])
 

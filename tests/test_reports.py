@@ -15,7 +15,7 @@ from reports import plots
 from reports.ablation import ablation_table
 from reports.build import suite_report
 from reports.latex import standalone, to_latex
-from reports.markdown import to_markdown
+from reports.markdown import to_html, to_markdown
 from reports.table import build_table, tidy
 
 SUITE = """
@@ -561,6 +561,40 @@ def test_the_ablation_report_of_the_ablation_suite_is_not_named_twice(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "runs" / "report" / "ablation-loss.md").is_file(), r.output
     assert not list((tmp_path / "runs" / "report").glob("ablation-ablation*"))
+
+
+def test_paper_rows_show_the_papers_flops_beside_ours(tmp_path):
+    """`paper_flops` puts the paper's MACs in its rows' FLOPs cells (the teacher's under Teacher, the student's under
+    the methods), in every format and the CSV; without it, and in a row the paper lacks, they stay empty. It is
+    report data: a run's identity ignores it. A bad value is a config error naming it."""
+    from harness.errors import HarnessError
+
+    path = tmp_path / "mnist.yaml"
+    path.write_text(SUITE + "paper_flops: {teacher: 4.33e5, student: 1.39e5}\n")
+    suite = load_suite(str(path), "paper")
+    store = Store(tmp_path / "runs", "mnist")
+    write_json(store.teacher_summary_path, {"test_acc": 0.99, "macs": 417000})
+    put(store, "dfad", 0, best=0.97)
+    put(store, "zskt", 0, best=0.5)  # a row the paper does not have
+    t = build_table([suite], ["mnist"], tmp_path / "runs")
+    md = to_markdown(t, "under").splitlines()
+    teacher, dfad = (next(i for i, x in enumerate(md) if x.startswith(f"| {r}")) for r in ("Teacher", "DFAD"))
+    assert md[teacher] == "| Teacher | 417K | 0.990 |" and md[teacher + 1] == "| *paper* | *433K* | *0.989* |"
+    assert md[dfad].startswith("| DFAD | 134K |") and md[dfad + 1] == "| *paper* | *139K* | *0.983* |"
+    assert "a paper row's, the paper's" in t.caption
+    assert r"\itshape 433K" in to_latex(t, "under") and ">139K</td>" in to_html(t, "under")
+    csv = tidy(t).set_index("method")["paper_flops"]
+    assert (csv["teacher"], csv["dfad"], csv["zskt"]) == ("433K", "139K", "")
+    assert suite.run_config("dfad", 0) == load_suite(str(path), "paper", ["paper_flops.student=1"]).run_config("dfad", 0)
+    plain = tmp_path / "plain" / "mnist.yaml"
+    plain.parent.mkdir()
+    plain.write_text(SUITE)
+    t = build_table([load_suite(str(plain), "paper")], ["mnist"], tmp_path / "runs")
+    assert "| *paper* |  | *0.989* |" in to_markdown(t, "under") and "paper row's" not in t.caption
+    for bad, says in (("{student: -1}", "paper_flops.student"), ("{studnet: 1}", "studnet")):
+        path.write_text(SUITE + f"paper_flops: {bad}\n")
+        with pytest.raises(HarnessError, match=says):
+            load_suite(str(path), "paper")
 
 
 def test_the_ablation_table_shows_the_papers_value_of_its_variant(tmp_path):
