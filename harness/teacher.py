@@ -313,10 +313,10 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
     # the initial weights come from the recipe's seed too: PyTorch seeds every new process at random
     torch.manual_seed(suite.teacher.recipe.seed)
     model = build_teacher_model(suite.teacher, spec.input_shape, spec.num_classes)
-    # recorded for reports, which may read the runs where the dataset (so its classes and input) is gone
-    macs = count_macs(model, spec.input_shape)
     suite_record = Path(runs_dir) / suite.name / "teacher" / "summary.json"
     if suite.teacher.checkpoint:
+        # recorded for reports, which may read the runs where the dataset (so its classes and input) is gone
+        macs = count_macs(model, spec.input_shape)
         path = Path(suite.teacher.checkpoint).expanduser()
         load_weights(model, path)
         model = freeze(model.to(device))
@@ -328,15 +328,17 @@ def ensure_teacher(suite: Suite, runs_dir: Path, device: torch.device, log=print
 
     key, cache = teacher_key(suite), teacher_cache(suite, runs_dir)
     with exclusive(cache.parent / f".{cache.name}.lock", wait=True):  # one process trains it, others reuse it
-        return _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log, macs)
+        return _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log)
 
 
-def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log, macs) -> Teacher:
+def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log) -> Teacher:
     weights, meta_path = cache / "teacher.pt", cache / "summary.json"
     meta = read_json(meta_path)
     if meta and not is_number(meta.get("test_acc")):
         log(f"warning: {meta_path} has no test_acc; training the teacher again")
         meta = None
+    # a cached teacher's count comes with it (the cache is keyed by model and dataset); older caches lack it
+    macs = meta["macs"] if meta and is_number(meta.get("macs")) else count_macs(model, spec.input_shape)
     if meta and weights.is_file():
         try:
             load_weights(model, weights, "cached teacher")
@@ -359,7 +361,7 @@ def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log
             "channels_last": cl, "precision": str(env.resolve_precision(suite.teacher.recipe.precision, device)
                                                   or "fp32").replace("torch.", ""),
             "device": env.device_name(device),
-            "git_commit": env.git_commit(), "versions": env.versions(), "source": "trained"}
+            "git_commit": env.git_commit(), "versions": env.versions(), "source": "trained", "macs": macs}
     write_json(meta_path, meta)
-    write_json(suite_record, {**meta, "path": str(weights.resolve()), "macs": macs})
+    write_json(suite_record, {**meta, "path": str(weights.resolve())})
     return Teacher(freeze(model), acc, "trained", weights, meta)

@@ -360,3 +360,32 @@ def test_crop_flip_on_a_gpu_equals_the_cpu_one():
     cpu = crop_flip(x, torch.Generator().manual_seed(5))
     gpu = crop_flip(x.cuda(), torch.Generator().manual_seed(5))
     assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_a_cached_teacher_brings_its_mac_count(tmp_path, mnist_data, monkeypatch):
+    """The count is taken once, when the teacher is trained, and kept in its cache record: reusing it runs no
+    FLOP counter (a forward pass of the teacher, and a torch._dynamo import). A cache from before that is counted."""
+    import harness.teacher as teacher
+    from conftest import SMOKE_TEACHER
+    from harness.config import load_suite
+    from harness.store import read_json, write_json
+
+    suite, cpu = load_suite("mnist", "smoke", SMOKE_TEACHER), torch.device("cpu")
+    record = tmp_path / "mnist" / "teacher" / "summary.json"
+    assert teacher.ensure_teacher(suite, tmp_path, cpu, log=lambda *_: None).source == "trained"
+    macs = read_json(record)["macs"]
+    assert macs == read_json(teacher.teacher_cache(suite, tmp_path) / "summary.json")["macs"] > 0
+    record.unlink()
+
+    def no_counting(*_):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(teacher, "count_macs", no_counting)
+    assert teacher.ensure_teacher(suite, tmp_path, cpu, log=lambda *_: None).source == "cached"
+    assert read_json(record)["macs"] == macs
+    cache_record = teacher.teacher_cache(suite, tmp_path) / "summary.json"
+    write_json(cache_record, {k: v for k, v in read_json(cache_record).items() if k != "macs"})
+    monkeypatch.undo()
+    record.unlink()
+    assert teacher.ensure_teacher(suite, tmp_path, cpu, log=lambda *_: None).source == "cached"
+    assert read_json(record)["macs"] == macs
