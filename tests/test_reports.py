@@ -46,13 +46,20 @@ def put(store, method, seed, status="done", best=None, final=None, **extra):
     return rd
 
 
+def stored_suite(tmp_path, name: str, text: str, teacher_acc: float, macs: int = 433000):
+    """A suite file `<name>.yaml` (its stem names the store's folder), loaded, and a run store holding its teacher's
+    record: (path, suite, store)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    store = Store(tmp_path / "runs", name)
+    write_json(store.teacher_summary_path, {"test_acc": teacher_acc, "macs": macs})
+    return path, load_suite(str(path), "paper"), store
+
+
 @pytest.fixture
 def golden(tmp_path):
-    path = tmp_path / "mnist.yaml"  # stem "mnist": the store dir the --paper-table cls column reads
-    path.write_text(SUITE)
-    suite = load_suite(str(path), "paper")
-    store = Store(tmp_path / "runs", "mnist")
-    write_json(store.teacher_summary_path, {"test_acc": 0.989, "macs": 433000})
+    # "mnist": the store dir the --paper-table cls column reads
+    _, suite, store = stored_suite(tmp_path, "mnist", SUITE, 0.989)
     for seed, acc in enumerate((0.987, 0.988, 0.989)):
         put(store, "kd_ori", seed, best=acc)
     for seed, acc in enumerate((0.981, 0.983, 0.985)):
@@ -452,12 +459,9 @@ def test_a_method_the_paper_reports_as_failed_says_so_under_ours(tmp_path):
     from reports.markdown import to_markdown
     from reports.table import build_table
 
-    path = tmp_path / "caltech101.yaml"
-    path.write_text(SUITE.replace("paper: {teacher: 0.989, kd_ori: 0.988, kd_unr: 0.957, dafl: 0.981, dfad: 0.983}",
-                                  "paper: {teacher: 0.766, dafl: FAILED, dfad: 0.735}"))
-    suite = load_suite(str(path), "paper")
-    store = Store(tmp_path / "runs", "caltech101")
-    write_json(store.teacher_summary_path, {"test_acc": 0.7, "macs": 433000})
+    _, suite, store = stored_suite(
+        tmp_path, "caltech101", SUITE.replace("paper: {teacher: 0.989, kd_ori: 0.988, kd_unr: 0.957, dafl: 0.981, "
+                                              "dfad: 0.983}", "paper: {teacher: 0.766, dafl: FAILED, dfad: 0.735}"), 0.7)
     put(store, "dfad", 0, best=0.6)
     t = build_table([suite], ["caltech101"], tmp_path / "runs")
     lines = to_markdown(t, "under").splitlines()
@@ -473,11 +477,7 @@ def test_a_paper_row_the_suite_cannot_run_says_why(tmp_path):
     a row marked so that does not exist in `paper` is a config error; the mark does not change runs' configs."""
     from harness.errors import HarnessError
 
-    path = tmp_path / "camvid.yaml"
-    path.write_text(SUITE + "unavailable: {kd_unr: VOC2012 is not here}\n")
-    suite = load_suite(str(path), "paper")
-    store = Store(tmp_path / "runs", "camvid")
-    write_json(store.teacher_summary_path, {"test_acc": 0.7, "macs": 433000})
+    path, suite, store = stored_suite(tmp_path, "camvid", SUITE + "unavailable: {kd_unr: VOC2012 is not here}\n", 0.7)
     put(store, "dfad", 0, best=0.6)
     notes = "\n".join(x for x in to_markdown(build_table([suite], ["camvid"], tmp_path / "runs")).splitlines()
                       if x.startswith("<sup>"))
@@ -499,11 +499,7 @@ def test_the_paper_row_shows_the_papers_spread_where_it_gives_one(tmp_path):
     the CSV keeps both numbers; a negative std is a config error."""
     from harness.errors import HarnessError
 
-    path = tmp_path / "mnist.yaml"
-    path.write_text(SUITE.replace("dfad: 0.983}", "dfad: [0.983, 0.002]}"))
-    suite = load_suite(str(path), "paper")
-    store = Store(tmp_path / "runs", "mnist")
-    write_json(store.teacher_summary_path, {"test_acc": 0.99, "macs": 433000})
+    path, suite, store = stored_suite(tmp_path, "mnist", SUITE.replace("dfad: 0.983}", "dfad: [0.983, 0.002]}"), 0.99)
     for seed, acc in ((0, 0.97), (1, 0.98)):
         put(store, "dfad", seed, best=acc)
     t = build_table([suite], ["mnist"], tmp_path / "runs")
@@ -569,11 +565,8 @@ def test_paper_rows_show_the_papers_flops_beside_ours(tmp_path):
     report data: a run's identity ignores it. A bad value is a config error naming it."""
     from harness.errors import HarnessError
 
-    path = tmp_path / "mnist.yaml"
-    path.write_text(SUITE + "paper_flops: {teacher: 4.33e5, student: 1.39e5}\n")
-    suite = load_suite(str(path), "paper")
-    store = Store(tmp_path / "runs", "mnist")
-    write_json(store.teacher_summary_path, {"test_acc": 0.99, "macs": 417000})
+    path, suite, store = stored_suite(tmp_path, "mnist", SUITE + "paper_flops: {teacher: 4.33e5, student: 1.39e5}\n",
+                                      0.99, macs=417000)
     put(store, "dfad", 0, best=0.97)
     put(store, "zskt", 0, best=0.5)  # a row the paper does not have
     t = build_table([suite], ["mnist"], tmp_path / "runs")
@@ -624,11 +617,7 @@ def test_latex_escapes_every_special_character():
 
 def test_cells_that_print_the_same_are_bold_together(tmp_path):
     """Bold marks the best data-free result at the shown precision: 0.9751 and 0.9754 both read 0.975."""
-    path = tmp_path / "mnist.yaml"
-    path.write_text(SUITE)
-    suite = load_suite(str(path), "paper")
-    store = Store(tmp_path / "runs", "mnist")
-    write_json(store.teacher_summary_path, {"test_acc": 0.989, "macs": 433000})
+    _, suite, store = stored_suite(tmp_path, "mnist", SUITE, 0.989)
     put(store, "dfad", 0, best=0.9751)
     put(store, "zskt", 0, best=0.9754)
     put(store, "dafl", 0, best=0.9744)
