@@ -25,7 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data:
-	@if [ ! -f "$(DFAD_DATA)/MNIST/raw/train-images-idx3-ubyte" ] && [ -n "$(SHARED_DATA)" ] && [ -x "$(SHARED_DATA)/prepare.sh" ]; then \
+	@# prepare.sh is idempotent (its stamp file in DFAD_DATA): it unpacks every archive once, whatever is already there
+	@if [ -n "$(SHARED_DATA)" ] && [ -x "$(SHARED_DATA)/prepare.sh" ]; then \
 		"$(SHARED_DATA)/prepare.sh" "$(DFAD_DATA)"; fi
 
 test: setup data

@@ -15,6 +15,12 @@ class DivergenceError(HarnessError):
     """Training produced NaN/Inf or stayed at chance; the run is recorded as failed."""
 
 
+class JobDiedError(HarnessError):
+    """A launcher's job died (its process, node or scheduler): nothing was measured, as in a crashed run (exit 1)."""
+
+    exit_code = 1
+
+
 class NotApplicableError(HarnessError):
     """The method cannot run on this suite's models (e.g. DFQ-style on a teacher without BatchNorm):
     the run is recorded failed and unavailable, so tables show n/a rather than a number."""

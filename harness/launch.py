@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .config import Suite
-from .errors import HarnessError
+from .errors import HarnessError, JobDiedError
 from .loop import stop_handler
 from .runner import SuiteOutcome, check_finished_runs, check_models, planned_runs
 from .store import Store
@@ -174,7 +174,7 @@ def _teacher_acc(job, ex, log) -> None:
     try:
         log(f"teacher test acc {job.result():.4f}")
     except Exception as e:
-        raise HarnessError(f"teacher job {job.job_id} failed ({str(e).strip().splitlines()[-1][:200]}); "
+        raise JobDiedError(f"teacher job {job.job_id} failed ({str(e).strip().splitlines()[-1][:200]}); "
                            f"logs in {ex.folder}") from None
 
 

@@ -15,7 +15,7 @@ from . import env
 from .api import build_context, make_method, runtime_switches
 from .config import Suite, config_hash
 from .data import get_dataset, metric_word
-from .errors import HarnessError, MissingDataError, NotApplicableError, first_line
+from .errors import DivergenceError, HarnessError, MissingDataError, NotApplicableError, first_line
 from .locks import Busy, exclusive
 from .loop import CHECKPOINT_VERSION, run_loop
 from .models import build_model, check_fits, check_same_output, count_macs
@@ -342,8 +342,11 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                 pass
         failed = {**base, "status": "failed", "reason": reason, "crashed": not isinstance(e, HarnessError),
                   "unavailable": isinstance(e, (MissingDataError, NotApplicableError)),
-                  # a method that cannot apply to this config fails the same way every time: not retried
-                  "retry": not isinstance(e, NotApplicableError),
+                  "diverged": isinstance(e, DivergenceError),
+                  # a result, kept when the suite runs again (--force trains it again): a method that cannot apply
+                  # to this config, and a diagnosed divergence (NaN/Inf, stuck at chance), which a rerun of the same
+                  # config and seed would repeat; a crash, missing data or other bad input is tried again
+                  "retry": not isinstance(e, (NotApplicableError, DivergenceError)),
                   "wall_time_s": round(time.perf_counter() - t0, 2)}
         try:
             rd.write_summary(failed)
@@ -411,14 +414,15 @@ def run_suite(suite: Suite, runs_dir: str | Path = "runs", force: bool = False,
 
 
 def plan_run(suite: Suite, rd: RunDir, method: str, seed: int, force: bool = False) -> tuple[str, str]:
-    """What a run needs, with the detail to say: ("n/a", reason) known not to apply to this config; ("elsewise",
+    """What a run needs, with the detail to say: ("n/a", reason) known not to apply to this config; ("diverged",
+    reason) failed as a result (NaN/Inf, stuck at chance) with this config; ("elsewise",
     why) finished with another config; ("rebuild", what is missing) finished, a file to rebuild from its
     checkpoint; ("kept", what is missing) finished, nothing to rebuild it from;
     ("done", "best ...") finished and whole; ("run", "") to train (again)."""
     s = rd.summary() or {}
     if (not force and s.get("status") == "failed" and s.get("retry") is False
             and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
-        return "n/a", str(s.get("reason"))
+        return ("diverged" if s.get("diverged") else "n/a"), str(s.get("reason"))
     if s.get("status") == "done" and (not force or s.get("forced_by") == _invocation):
         if why := finished_elsewise(suite, rd, method, seed):
             return "elsewise", why
@@ -430,7 +434,7 @@ def plan_run(suite: Suite, rd: RunDir, method: str, seed: int, force: bool = Fal
 
 def _nothing_to_do(suite: Suite, rd: RunDir, method: str, seed: int) -> bool:
     """The run would be skipped as it is (the teacher is not needed for it)."""
-    return plan_run(suite, rd, method, seed)[0] in ("n/a", "kept", "done")
+    return plan_run(suite, rd, method, seed)[0] in ("n/a", "diverged", "kept", "done")
 
 
 def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callbacks, force, outcome):
@@ -438,6 +442,10 @@ def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callba
     if action == "n/a":
         outcome.not_applicable.append((method, seed, detail))
         progress.log(f"  {method} seed {seed}: cannot run here ({detail}), skipped")
+    elif action == "diverged":  # a result (FAILED in the table), as a finished run is one: not trained again
+        outcome.failed.append((method, seed, detail))
+        progress.log(f"  {method} seed {seed}: failed before with this config ({detail}); kept as its result "
+                     f"(--force trains it again)")
     elif action == "elsewise":  # finished meanwhile by another process
         entry = (method, seed, f"finished meanwhile by another process: {detail}")
         outcome.failed.append(entry), outcome.crashed.append(entry)
@@ -449,7 +457,7 @@ def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callba
     elif action == "done":
         outcome.skipped.append((method, seed))
         progress.log(f"  {method} seed {seed}: already done ({detail}), skipped")
-    if action in ("n/a", "elsewise", "kept", "done"):
+    if action in ("n/a", "diverged", "elsewise", "kept", "done"):
         progress.done += 1
         return
     if action == "rebuild":
@@ -460,8 +468,8 @@ def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callba
     if summary is None:
         s = rd.summary() or {}
         entry = (method, seed, s.get("reason", ""))
-        (outcome.not_applicable if s.get("retry") is False else outcome.missing_data if s.get("unavailable")
-         else outcome.failed).append(entry)
+        (outcome.failed if s.get("diverged") else outcome.not_applicable if s.get("retry") is False
+         else outcome.missing_data if s.get("unavailable") else outcome.failed).append(entry)
         if s.get("crashed"):
             outcome.crashed.append(entry)
     else:

@@ -163,6 +163,15 @@ def test_run_exit_codes_say_whether_a_run_crashed(runs, monkeypatch):
     diverged = CliRunner().invoke(app, [*base, "--methods", "dfad", "methods.dfad.lr_S=1e30"])
     assert diverged.exit_code == 0, diverged.output[-1500:]
     assert "1 run(s) failed (dfad seed 0: " in diverged.output and "not finite" in diverged.output
+    # the divergence is kept as the run's result, as a finished run is: not trained again unless --force
+    summary = runs / "mnist" / "dfad" / "seed-0" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    again = CliRunner().invoke(app, [*base, "--methods", "dfad", "methods.dfad.lr_S=1e30"])
+    assert again.exit_code == 0 and "kept as its result" in again.output, again.output[-1500:]
+    assert "1 run(s) failed (dfad seed 0: " in again.output and summary.stat().st_mtime_ns == stamp
+    forced = CliRunner().invoke(app, [*base, "--methods", "dfad", "methods.dfad.lr_S=1e30", "--force"])
+    assert forced.exit_code == 0 and "kept as its result" not in forced.output, forced.output[-1500:]
+    assert summary.stat().st_mtime_ns != stamp and "not finite" in json.loads(summary.read_text())["reason"]
 
     def boom(self, it):
         raise RuntimeError("boom")
@@ -171,7 +180,12 @@ def test_run_exit_codes_say_whether_a_run_crashed(runs, monkeypatch):
     crashed = CliRunner().invoke(app, [*base, "--methods", "random"])
     assert crashed.exit_code == 1, crashed.output[-1500:]
     assert "1 run(s) failed (random seed 0: RuntimeError: boom)" in crashed.output
-    assert "RuntimeError: boom" in (runs / "mnist" / "random" / "seed-0" / "error.log").read_text()
+    log = runs / "mnist" / "random" / "seed-0" / "error.log"
+    assert "RuntimeError: boom" in log.read_text()
+    # a crash measured nothing: the next run of the suite tries it again
+    stamp = log.stat().st_mtime_ns
+    retried = CliRunner().invoke(app, [*base, "--methods", "random"])
+    assert retried.exit_code == 1 and log.stat().st_mtime_ns != stamp, retried.output[-1500:]
 
 
 def test_method_names_and_seeds_that_would_misname_folders_are_refused(tmp_path):

@@ -278,6 +278,25 @@ def test_a_bad_local_parallel_setting_is_one_line_before_any_job(runs, monkeypat
     assert not (runs / "submitit").exists()
 
 
+def test_a_launcher_job_that_died_is_a_crash_not_bad_input():
+    """`run` exits 1 when a launcher job died, the teacher's job as a run's (2 is bad input's code)."""
+    from types import SimpleNamespace
+
+    from harness.launch import _gather, _teacher_acc
+    from harness.runner import SuiteOutcome
+
+    def died():
+        raise RuntimeError("Job 7 has not produced any output\n(state: OUT_OF_MEMORY)")
+
+    job = SimpleNamespace(job_id="7", result=died)
+    with pytest.raises(HarnessError) as e:
+        _teacher_acc(job, SimpleNamespace(folder="logs"), print)
+    assert e.value.exit_code == 1 and "teacher job 7 failed ((state: OUT_OF_MEMORY))" in str(e.value)
+    outcome = SuiteOutcome()
+    _gather(outcome, "dfad", 0, job, "logs")
+    assert outcome.crashed == outcome.failed and outcome.failed[0][2].startswith("job 7 died: (state: OUT_OF_MEMORY)")
+
+
 def test_a_stop_signal_of_the_other_kind_does_not_cut_a_graceful_stop_short():
     """A launched job gets Ctrl-C from the terminal and SIGTERM from its launcher: the second kind is not the
     impatient second Ctrl-C that stops at once; the same signal again is."""
