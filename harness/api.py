@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import ConfigDict, Field, ValidationError
@@ -71,6 +72,14 @@ def runtime_switches(runtime, plain: bool = False) -> dict:
                 eval_precision=r.eval_precision)
 
 
+def method_seed(seed: int) -> int:
+    """The seed of a run's own randomness (its generator's weights, noise, data order): a stream apart from
+    `seed`'s, whose first draws initialised the student when it was built just after `manual_seed(seed)` (the
+    runner does so, and so may a user of `distill`): reseeding with `seed` would replay those draws, and the
+    generator's first layer would start as a scaled copy of the student's first weights."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_classes: int, seed: int,
                   iterations: int, device="auto", precision="auto", channels_last="auto",
                   dataset: str | None = None, train_set=None, fast: bool = True, compile: bool = False,
@@ -83,7 +92,7 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
     """
     dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
     env.check_cuda_graph(cuda_graph, dev)
-    torch.manual_seed(seed)
+    torch.manual_seed(method_seed(seed))
     teacher = teacher.to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(not fast)

@@ -7,9 +7,10 @@ six times per DFAD iteration (measured on this project's CPU: ResNet-20's forwar
 batch 128; on a GPU it also removes a kernel launch per BN, where the loop is host-bound).
 
 Pairs are found by tracing the model with torch.fx: a BatchNorm2d whose only input is a Conv2d's
-output, used by nothing else, each module called once. Other BatchNorms are left alone, and a model
-that fx cannot trace is returned unchanged. The model's own forward (and any keyword arguments it
-takes, such as `return_features`) keeps working: the BN modules become nn.Identity.
+output, used by nothing else, each module called once, with running statistics. Other BatchNorms
+are left alone, and a model that fx cannot trace is returned unchanged. The model's own forward (and
+any keyword arguments it takes, such as `return_features`) keeps working: the BN modules become
+nn.Identity.
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
         calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
         pairs = set()
         for node in graph.nodes:
-            if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            bn = modules.get(node.target) if node.op == "call_module" else None
+            # without running statistics a BatchNorm normalises with the batch's, in eval mode too: not affine
+            if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
                 continue
             src = node.args[0] if node.args else None
             if (isinstance(src, torch.fx.Node) and src.op == "call_module"

@@ -370,3 +370,23 @@ def test_a_bf16_run_is_scored_in_fp32_unless_asked():
         evaluation = [a for training, a in seen if not training][-1]  # the one evaluation (earlier: shape checks)
         assert evaluation == autocast_in_eval, eval_precision
         assert {a for training, a in seen if training} == {True}  # trained in bf16 either way
+
+
+def test_the_generator_does_not_start_as_a_copy_of_the_student():
+    """The runner builds the student right after manual_seed(seed) (a user of distill may too): the method's own
+    randomness comes from another stream, so the generator's first weights do not replay the student's draws."""
+    from harness.api import build_context, make_method
+    from harness.models import build_model
+
+    teacher = build_model("lenet5", num_classes=10, in_channels=1)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        student = build_model("lenet5_half", num_classes=10, in_channels=1)
+        first = student.state_dict()[next(iter(student.state_dict()))].flatten()
+        ctx = build_context(teacher, student, (1, 32, 32), 10, seed, 10, "cpu", "fp32", "off")
+        m = make_method("dfad", ctx, {"batch_size": 4, "nz": 8, "ngf": 4})
+        m.setup()
+        # both layers are initialised as (2U - 1) * bound: the same uniforms U would correlate perfectly
+        g = m.modules["generator"].l1.weight.detach().flatten()[:first.numel()]
+        r = torch.corrcoef(torch.stack([first.detach(), g]))[0, 1].item()
+        assert abs(r) < 0.5, (seed, r)

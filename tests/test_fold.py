@@ -82,6 +82,10 @@ def test_only_safe_pairs_are_folded_and_untraceable_models_are_left_alone():
     d = Dynamic().eval()
     same, n = fold_batchnorm(d)
     assert same is d and n == 0
+    # a BatchNorm that keeps no running statistics normalises with each batch's, in eval mode too
+    batchwise = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    same, n = fold_batchnorm(batchwise)
+    assert same is batchwise and n == 0
 
 
 @pytest.mark.parametrize("method,fast,switch,folded", [("dfad", True, True, True), ("dfad", False, True, False),
