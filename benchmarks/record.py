@@ -101,7 +101,9 @@ def main():
         ss = [s for s in by.get(m, []) if s.get("status") == "done"]
         failed = [s for s in by.get(m, []) if s.get("status") == "failed"]
         if not ss:
-            lines.append(f"| {m} | {'FAILED: ' + failed[0].get('reason', '') if failed else 'not run'} | | | |")
+            why = ((("n/a: " if failed[0].get("unavailable") else "FAILED: ") + failed[0].get("reason", "")) if failed
+                   else "not run")  # n/a: the method does not apply, or its data is not on this machine
+            lines.append(f"| {m} | {why} | | | |")
             continue
         lines.append(f"| {m} | {fmt([s['best_acc'] for s in ss])} | {fmt([s['final_acc'] for s in ss])} | "
                      f"{fmt([s['wall_time_s'] for s in ss])} | "

@@ -179,8 +179,10 @@ def test_default_study_names_from_any_suite_name_are_folders(runs, tmp_path):
     assert "budget.iterations=4" in hint and "search." not in hint
 
 
-def _sleep_long():
+def _sleep_long(started=None):
     import time
+    if started is not None:
+        started.set()
     time.sleep(120)
 
 
@@ -191,10 +193,14 @@ def test_stopped_tune_stops_its_workers():
 
     from harness.tune import stop_workers
 
-    procs = [mp.get_context("spawn").Process(target=_sleep_long) for _ in range(2)]
+    ctx = mp.get_context("spawn")
+    started = [ctx.Event() for _ in range(2)]
+    procs = [ctx.Process(target=_sleep_long, args=(e,)) for e in started]
     for p in procs:
         p.start()
-    time.sleep(3)  # spawned and sleeping
+    # sleeping, not still importing (seconds on a busy machine): a SIGINT that lands in an import can be swallowed
+    # by a library's bare `except:`, and then only the grace period's SIGTERM would end the worker
+    assert all(e.wait(120) for e in started)
     t0 = time.monotonic()
     stop_workers(procs, grace_s=30, own_s=2)
     assert not any(p.is_alive() for p in procs) and time.monotonic() - t0 < 30  # SIGINT did it, not the grace
