@@ -65,6 +65,7 @@ def normalize(name: str) -> str:
 
 
 def unknown(kind: str, name: str, choices: list[str]) -> str:
+    choices = [str(c) for c in choices]  # names read from YAML can be numbers (a profile `0:`)
     close = difflib.get_close_matches(normalize(name), choices, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(choices)}"
     return f"unknown {kind} {name!r}{hint}"

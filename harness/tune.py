@@ -194,6 +194,7 @@ def _no_interrupt_traceback(record) -> bool:
 def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_trials: int, seed: int,
            pruner: str, runs_dir: str, threads: int | None) -> None:
     """One tuning process: its own sampler seed, the shared storage, `n_trials` trials."""
+    interruptible()
     import methods  # noqa: F401  (register every method)
     import optuna
 
@@ -325,6 +326,14 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
                         str(out / "best.yaml"), *(o for o in kept if not o.strip().startswith("search."))])
     return finish(optuna.load_study(study_name=study, storage=open_storage(storage, runs_dir, study)),
                   method, out, label, log, apply=apply)
+
+
+def interruptible() -> None:
+    """A worker takes SIGINT as KeyboardInterrupt (stop_workers' stop) whatever it inherited: a command started in the
+    background by a shell script (`dfad-bench tune ... &`) has SIGINT ignored, and so would its workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stop_workers(procs, grace_s: float = 60.0, own_s: float = 10.0) -> None:

@@ -125,6 +125,14 @@ def test_unknown_suite_and_profile_suggest():
         load_suite("mnist", "quik")
 
 
+def test_a_profile_named_by_a_number_is_a_one_line_error(tmp_path):
+    """Found by the config fuzzer: YAML reads `0:` as an int, and the suggestion for an unknown profile compared it."""
+    p = tmp_path / "numbered.yaml"
+    p.write_text(yaml.safe_dump({**yaml.safe_load(suite_path("mnist").read_text()), "profiles": {0: None}}))
+    with pytest.raises(HarnessError, match="unknown profile 'quick'; choose from paper, 0"):
+        load_suite(str(p), "quick")
+
+
 def test_malformed_yaml(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("dataset: mnist\n  teacher: [\n")

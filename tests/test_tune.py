@@ -179,16 +179,21 @@ def test_default_study_names_from_any_suite_name_are_folders(runs, tmp_path):
     assert "budget.iterations=4" in hint and "search." not in hint
 
 
-def _sleep_long(started=None):
+def _sleep_long(started):
     import time
-    if started is not None:
-        started.set()
+
+    from harness.tune import interruptible
+
+    interruptible()  # as a tune worker does first
+    started.set()
     time.sleep(120)
 
 
 def test_stopped_tune_stops_its_workers():
-    """SIGTERM reaches only the parent: its workers are interrupted too, not left running their trials."""
+    """SIGTERM reaches only the parent: its workers are interrupted too, not left running their trials. Also when
+    the command was started with SIGINT ignored (in the background by a shell script), which workers inherit."""
     import multiprocessing as mp
+    import signal
     import time
 
     from harness.tune import stop_workers
@@ -196,11 +201,13 @@ def test_stopped_tune_stops_its_workers():
     ctx = mp.get_context("spawn")
     started = [ctx.Event() for _ in range(2)]
     procs = [ctx.Process(target=_sleep_long, args=(e,)) for e in started]
-    for p in procs:
-        p.start()
-    # sleeping, not still importing (seconds on a busy machine): a SIGINT that lands in an import can be swallowed
-    # by a library's bare `except:`, and then only the grace period's SIGTERM would end the worker
-    assert all(e.wait(120) for e in started)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert all(e.wait(120) for e in started)  # sleeping, not still starting
     t0 = time.monotonic()
     stop_workers(procs, grace_s=30, own_s=2)
     assert not any(p.is_alive() for p in procs) and time.monotonic() - t0 < 30  # SIGINT did it, not the grace
