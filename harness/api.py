@@ -73,10 +73,11 @@ def runtime_switches(runtime, plain: bool = False) -> dict:
 
 
 def method_seed(seed: int) -> int:
-    """The seed of a run's own randomness (its generator's weights, noise, data order): a stream apart from
-    `seed`'s, whose first draws initialised the student when it was built just after `manual_seed(seed)` (the
-    runner does so, and so may a user of `distill`): reseeding with `seed` would replay those draws, and the
-    generator's first layer would start as a scaled copy of the student's first weights."""
+    """The seed of a run's own randomness (its generator's weights and noise; data order and augmentation have
+    generators of their own, seeded with `seed`): a stream apart from `seed`'s, whose first draws initialised the
+    student when it was built just after `manual_seed(seed)` (the runner does so, and so may a user of `distill`):
+    reseeding with `seed` would replay those draws, and the generator's first layer would start as a scaled copy
+    of the student's first weights."""
     return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
