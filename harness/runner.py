@@ -342,7 +342,6 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                 pass
         failed = {**base, "status": "failed", "reason": reason, "crashed": not isinstance(e, HarnessError),
                   "unavailable": isinstance(e, (MissingDataError, NotApplicableError)),
-                  "diverged": isinstance(e, DivergenceError),
                   # a result, kept when the suite runs again (--force trains it again): a method that cannot apply
                   # to this config, and a diagnosed divergence (NaN/Inf, stuck at chance), which a rerun of the same
                   # config and seed would repeat; a crash, missing data or other bad input is tried again
@@ -422,7 +421,7 @@ def plan_run(suite: Suite, rd: RunDir, method: str, seed: int, force: bool = Fal
     s = rd.summary() or {}
     if (not force and s.get("status") == "failed" and s.get("retry") is False
             and same_config(read_yaml_or_none(rd.config) or {}, suite.run_config(method, seed))):
-        return ("diverged" if s.get("diverged") else "n/a"), str(s.get("reason"))
+        return ("n/a" if s.get("unavailable") else "diverged"), str(s.get("reason"))
     if s.get("status") == "done" and (not force or s.get("forced_by") == _invocation):
         if why := finished_elsewise(suite, rd, method, seed):
             return "elsewise", why
@@ -468,8 +467,9 @@ def _run_one(suite, method, seed, rd, teacher_and_test, device, progress, callba
     if summary is None:
         s = rd.summary() or {}
         entry = (method, seed, s.get("reason", ""))
-        (outcome.failed if s.get("diverged") else outcome.not_applicable if s.get("retry") is False
-         else outcome.missing_data if s.get("unavailable") else outcome.failed).append(entry)
+        unavailable = s.get("unavailable")
+        (outcome.not_applicable if unavailable and s.get("retry") is False else outcome.missing_data if unavailable
+         else outcome.failed).append(entry)
         if s.get("crashed"):
             outcome.crashed.append(entry)
     else:
