@@ -158,10 +158,13 @@ def path_memory(suite: Suite, method: str, fast: bool, steps: int = 2) -> dict:
         return pool.submit(_path_memory, suite.model_dump(mode="json"), method, fast, steps).result()
 
 
-def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3) -> dict:
+def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats: int = 3, memory: bool = True,
+            limits: bool = True) -> dict:
+    """The speed JSON of `dfad-bench speed`. memory=False leaves out each path's peak RSS (a fresh process per
+    path), limits=False the machine's matmul and conv peaks and the ratios to them: the timings alone."""
     # each path's memory first, in a process of its own, before this one holds anything (and adds to the machine's)
     rss: dict = {}
-    for name in ("default", "plain"):
+    for name in (("default", "plain") if memory else ()):
         try:
             rss[name] = path_memory(suite, method, name == "default", max(warmup, 1))
         except Exception as e:  # the timing still counts: say why this figure is missing
@@ -227,6 +230,8 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
     out["peak_rss_mb"] = peak_rss_mb()  # the timing process: both paths at once
     if device.type == "cuda":
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if not limits:
+        return out
     cl = bool(paths["default"].ctx.channels_last)
     out["matmul_peak_tflops"], out["conv_peak_tflops"] = {}, {}
     for dtype in [torch.float32] + ([torch.bfloat16] if env.native_bf16(device) else []):

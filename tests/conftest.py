@@ -4,7 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Each test process (pytest-xdist: `make test` runs TEST_JOBS of them) takes its share of the cores, and so do the
+# runs and subprocesses it starts (OMP_NUM_THREADS, unless a test sets its own): two processes of two threads each
+# on two cores made every test slower than one thread each.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO = Path(__file__).resolve().parent.parent
 
 

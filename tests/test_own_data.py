@@ -1,6 +1,7 @@
 """A suite's own dataset: `datasets:` in the suite file, the ImageFolder layout, real images (MNIST digits
 written as PNG files), through the real CLI."""
 import json
+import os
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def suite_file(tmp_path, folder, **extra):
 
 def cli(*args, data):
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={"PATH": "/usr/bin:/bin", "DFAD_DATA": str(data), "OMP_NUM_THREADS": "2",
+                          env={"PATH": "/usr/bin:/bin", "DFAD_DATA": str(data), "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
                                "WANDB_MODE": "disabled", "HOME": str(data)}, timeout=600)
 
 
