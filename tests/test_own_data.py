@@ -44,8 +44,8 @@ def suite_file(tmp_path, folder, **extra):
 
 def cli(*args, data):
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={"PATH": "/usr/bin:/bin", "DFAD_DATA": str(data), "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
-                               "WANDB_MODE": "disabled", "HOME": str(data)}, timeout=600)
+                          env={"PATH": "/usr/bin:/bin", "DFAD_DATA": str(data), "WANDB_MODE": "disabled",
+                               "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "HOME": str(data)}, timeout=600)
 
 
 def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):

@@ -170,7 +170,7 @@ def test_allocator_setting_changes_no_result(tmp_path, mnist_data):
         out = p.communicate(timeout=300)[0]
         assert p.returncode == 0, out
         if keep == "true":  # the teacher, trained once
-            extra.append(f"teacher.checkpoint={next((tmp_path / keep / 'teachers').glob('*/teacher.pt'))}")
+            extra.append(f"teacher.checkpoint={next((tmp_path / 'true' / 'teachers').glob('*/teacher.pt'))}")
     on, off = student_of(tmp_path / "true"), student_of(tmp_path / "false")
     for k, v in on.items():
         assert torch.equal(v, off[k]), k
