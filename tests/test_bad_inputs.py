@@ -1,4 +1,5 @@
-"""A fast subset of benchmarks/bad_inputs.py: real `dfad-bench` subprocesses beside one finished smoke run;
+"""A fast subset of benchmarks/bad_inputs.py: each case a `dfad-bench` process of its own (forked from one that
+imported the harness once: cliproc; the script itself starts the console script) beside one finished smoke run;
 each bad input exits non-zero with one line on stderr, the `error:` line, no traceback, nothing outside its temporary
 folder touched, and the finished run's files byte-identical afterwards."""
 import atexit
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import cliproc
 from conftest import REPO
 
 
@@ -38,6 +40,8 @@ finally:
         del os.environ["DFAD_DATA"]
     else:
         os.environ["DFAD_DATA"] = _shared
+bad_inputs.dfad = lambda *args, cwd, env=None, timeout=300: cliproc.run(args, env=bad_inputs.cli_env(env), cwd=cwd,
+                                                                         timeout=timeout)
 CASES = {c.name: c for c in bad_inputs.CASES}
 SUBSET = {  # case -> what its one error line must name
     "malformed YAML": "malformed YAML", "negative learning rate": "methods.dfad.lr_S",

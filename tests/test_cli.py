@@ -8,19 +8,25 @@ from pathlib import Path
 
 import pytest
 
+import cliproc
 from conftest import REPO
 
 CLI = [sys.executable, "-m", "harness.cli"]
 
 
-def cli(*args, env=None, cwd=None):
+def cli(*args, env=None, cwd=None, fresh=False):
+    """The command in its own process: forked from a server that imported harness.cli once (cliproc), or, fresh,
+    `python -m harness.cli` as a user starts it."""
     e = {**os.environ, **(env or {})}  # OMP_NUM_THREADS: this test process's share of the cores (conftest)
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e, cwd=cwd or REPO, timeout=600)
+    if fresh:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e, cwd=cwd or REPO, timeout=600)
+    return cliproc.run(args, env=e, cwd=cwd or REPO)
 
 
 def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
     runs = tmp_path / "runs"
-    r = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), env={"DFAD_DATA": str(mnist_data)})
+    r = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), env={"DFAD_DATA": str(mnist_data)},
+            fresh=True)
     assert r.returncode == 0, r.stderr[-2000:]
     for method in ("kd_ori", "dfad"):
         rd = runs / "mnist" / method / "seed-0"
@@ -260,15 +266,14 @@ def test_a_stop_signal_swallowed_on_the_way_still_stops_the_command():
 ])
 def test_a_usage_error_is_one_line_like_any_bad_input(args, said):
     """click's framed box (six lines) was the one kind of bad input that was not a one-line error."""
-    r = subprocess.run([sys.executable, "-c", "import sys; from harness.cli import main; sys.argv[0] = 'dfad-bench'; "
-                        "sys.exit(main())", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = cli(*args)
     assert r.returncode == 2 and r.stderr.startswith(said) and r.stderr.count("\n") == 1, r.stderr
     assert not r.stdout
 
 
 def test_help_and_no_arguments_still_show_the_commands():
     for args in ([], ["--help"]):
-        r = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+        r = cli(*args)
         assert r.returncode == 0 and "Usage: " in r.stdout and "tune" in r.stdout, (args, r.stderr)
 
 

@@ -3,13 +3,12 @@ learns; KD-REL/UNR pick their default data per suite dataset and fail in one lin
 import copy
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import cliproc
 import methods  # noqa: F401  (registers every method)
 from harness.api import build_context, distill, make_method
 from harness.data import ImageTensors
@@ -205,9 +204,9 @@ def test_smoke_suite_runs_new_methods_and_records_missing_data(mnist_data, tmp_p
     if not (data / "usps").exists():
         pytest.skip("USPS not under $DFAD_DATA")
     env = {**os.environ, "DFAD_DATA": str(data), "DFAD_DOWNLOAD": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "harness.cli", "run", "mnist", "--profile", "smoke", "--no-report",
-           "--methods", "kd_rel,kd_unr,random,dafl", "--runs-dir", str(tmp_path / "runs")]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    cmd = ["run", "mnist", "--profile", "smoke", "--no-report", "--methods", "kd_rel,kd_unr,random,dafl",
+           "--runs-dir", tmp_path / "runs"]
+    out = cliproc.run(cmd, env=env, cwd=REPO, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = {m: json.loads((tmp_path / "runs" / "mnist" / m / "seed-0" / "summary.json").read_text())
                for m in ("kd_rel", "kd_unr", "random", "dafl")}

@@ -2,13 +2,12 @@
 written as PNG files), through the real CLI."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
+import cliproc
 from conftest import REPO
 from harness.errors import HarnessError
 
@@ -43,9 +42,8 @@ def suite_file(tmp_path, folder, **extra):
 
 
 def cli(*args, data):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={"PATH": "/usr/bin:/bin", "DFAD_DATA": str(data), "WANDB_MODE": "disabled",
-                               "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "HOME": str(data)}, timeout=600)
+    return cliproc.run(args, cwd=REPO, env={"PATH": "/usr/bin:/bin", "DFAD_DATA": str(data), "WANDB_MODE": "disabled",
+                                            "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "HOME": str(data)})
 
 
 def test_own_folder_dataset_through_the_cli(tmp_path, mnist_data):

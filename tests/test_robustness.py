@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cliproc
 from conftest import REPO
 
 BASE = ["--profile", "smoke", "--methods", "dfad", "budget.iterations=160", "budget.eval_every=10",
@@ -106,10 +107,9 @@ def test_two_processes_run_each_run_once(tmp_path, mnist_data):
 
 def test_chance_accuracy_for_too_long_fails_the_run(tmp_path, mnist_data):
     # lr_S = 1e-9 leaves the student where it started: at chance
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "mnist", *BASE, "--runs-dir", str(tmp_path),
-                        "budget.iterations=40", "budget.chance_evals=3", "methods.dfad.lr_S=1e-9"],
-                       cwd=REPO, env={**os.environ, "DFAD_DATA": str(mnist_data), "OMP_NUM_THREADS": "1"},
-                       capture_output=True, text=True, timeout=300)
+    r = cliproc.run(["run", "mnist", *BASE, "--runs-dir", tmp_path, "budget.iterations=40", "budget.chance_evals=3",
+                     "methods.dfad.lr_S=1e-9"], env={**os.environ, "DFAD_DATA": str(mnist_data), "OMP_NUM_THREADS": "1"},
+                    cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr  # the suite goes on
     s = json.loads((tmp_path / "mnist" / "dfad" / "seed-0" / "summary.json").read_text())
     assert s["status"] == "failed" and "chance" in s["reason"]

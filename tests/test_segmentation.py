@@ -3,13 +3,12 @@ the networks' MACs against the paper's, and smoke runs of the three suites throu
 datasets this file writes in each dataset's public layout."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import cliproc
 from conftest import REPO
 from harness.data import ImageTensors, get_dataset
 from harness.losses import kd_loss, kld, mae
@@ -170,8 +169,7 @@ def test_loaders_read_the_public_layouts(tiny_root):
 def test_smoke_suite_through_cli(tmp_path, tiny_root, suite):
     runs = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DFAD_DATA": str(tiny_root), "DFAD_DOWNLOAD": "0"}
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", suite, "--profile", "smoke",
-                        "--runs-dir", str(runs)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    r = cliproc.run(["run", suite, "--profile", "smoke", "--runs-dir", runs], env=env, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     seg = suite != "caltech101"
     for method in ("kd_ori", "random", "dafl", "dfad"):
