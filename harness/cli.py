@@ -321,11 +321,14 @@ def teacher(suite: str = typer.Argument(...), overrides: Optional[List[str]] = O
 def speed(suite: str = typer.Argument(...), overrides: Optional[List[str]] = OVERRIDES,
           method: str = typer.Option("dfad", "--method", "-m"), iters: int = typer.Option(5, "--iters", min=1),
           warmup: int = typer.Option(2, "--warmup", min=0), repeats: int = typer.Option(3, "--repeats", min=1),
-          profile: Optional[str] = PROFILE):
+          profile: Optional[str] = PROFILE,
+          memory: bool = typer.Option(True, help="Each path's peak memory, measured in a fresh process per path."),
+          limits: bool = typer.Option(True, help="The machine's matmul and conv peaks (~10 s on a CPU) and each "
+                                                 "path's ratio to them.")):
     """Time a method's iterations: default path vs the plain eager fp32 NCHW loop; prints one JSON object."""
     from .speed import speed_command
 
-    speed_command(suite, method, iters, warmup, repeats, profile, overrides)
+    speed_command(suite, method, iters, warmup, repeats, profile, overrides, memory=memory, limits=limits)
 
 
 @app.command("ls")

@@ -259,7 +259,8 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
 
 
 def speed_command(suite: str, method: str = "dfad", iters: int = 5, warmup: int = 2, repeats: int = 3,
-                  profile: str | None = None, overrides: list[str] | None = None) -> None:
+                  profile: str | None = None, overrides: list[str] | None = None, memory: bool = True,
+                  limits: bool = True) -> None:
     from .cli import _load
 
     s = _load(suite, profile, overrides or [], announce=False)
@@ -271,4 +272,4 @@ def speed_command(suite: str, method: str = "dfad", iters: int = 5, warmup: int 
     from .runner import check_models
 
     check_models(s)
-    print(json.dumps(measure(s, method, iters, warmup, repeats)))
+    print(json.dumps(measure(s, method, iters, warmup, repeats, memory=memory, limits=limits)))

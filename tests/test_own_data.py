@@ -280,8 +280,9 @@ def test_speed_on_an_own_dataset_measures_each_paths_memory(tmp_path, mnist_data
 
     folder = digits_folder(tmp_path / "digits", mnist_data)
     r = cli("speed", str(suite_file(tmp_path, folder)), "--iters", "1", "--warmup", "0", "--repeats", "1",
-            data=tmp_path / "cache")
+            "--no-limits", data=tmp_path / "cache")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
+    assert "matmul_peak_tflops" not in out and "limit_tflops" not in out["default"]  # --no-limits: timings alone
     for path in ("default", "plain"):
         assert out[path]["peak_rss_mb"] > 0 and "peak_rss_error" not in out[path], out[path]
