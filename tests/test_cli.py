@@ -44,7 +44,8 @@ def test_smoke_run_then_rerun_does_no_training(tmp_path, mnist_data):
     assert "DFAD" in (report / "table.md").read_text()
 
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*.pt")}
-    again = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), env={"DFAD_DATA": str(mnist_data)})
+    again = cli("run", "mnist", "--profile", "smoke", "--runs-dir", str(runs), "--no-report",
+                env={"DFAD_DATA": str(mnist_data)})
     assert again.returncode == 0, again.stderr[-2000:]
     done = [p.parent.parent.name for p in (runs / "mnist").glob("*/seed-0/summary.json")
             if json.loads(p.read_text())["status"] == "done"]
