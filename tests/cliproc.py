@@ -8,11 +8,11 @@ own peak memory, signals sent from outside (those tests start `python -m harness
 import atexit
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 SERVER = r'''
@@ -38,8 +38,8 @@ for line in sys.stdin:
             if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # what a fresh interpreter's torch takes at start
                 torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
             code = harness.cli.main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0 if e.code is None else print(e.code, file=sys.stderr) or 1
+        except SystemExit as e:  # main() returns its status; sys.exit elsewhere as an interpreter takes it
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
         except BaseException:
             traceback.print_exc()
         try:
@@ -47,7 +47,7 @@ for line in sys.stdin:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(code if isinstance(code, int) else 0)
+            os._exit(code)
     print(json.dumps({"pid": pid}), flush=True)
     print(json.dumps({"rc": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
 '''
@@ -75,9 +75,12 @@ def run(args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
         server.stdin.write(json.dumps(req) + "\n")
         server.stdin.flush()
         pid = json.loads(server.stdout.readline())["pid"]
-        if not select.select([server.stdout], [], [], timeout)[0]:
-            os.kill(pid, signal.SIGKILL)
-            server.stdout.readline()
-            raise subprocess.TimeoutExpired(["dfad-bench", *args], timeout)
+        # the server reaps the child only after it ends, so its pid stays its own until the rc line arrives
+        fired = []
+        kill = threading.Timer(timeout, lambda: fired.append(os.kill(pid, signal.SIGKILL)))
+        kill.start()
         rc = json.loads(server.stdout.readline())["rc"]
+        kill.cancel()
+        if fired:
+            raise subprocess.TimeoutExpired(["dfad-bench", *args], timeout)
         return subprocess.CompletedProcess(["dfad-bench", *args], rc, out.read_text(), err.read_text())
