@@ -191,9 +191,31 @@ def _no_interrupt_traceback(record) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
+def trial_seeded_sampler(seed: int):
+    """TPE whose random draws for a trial come from (seed, the trial's number), not from the sampler's own stream.
+    The storage gives every trial a number no other worker has: workers of one command, `tune` commands started
+    together on one study (same --seed, other machines) and a resumed study draw new points, and a study replayed
+    from the same history draws the same ones. constant_liar: parallel workers do not all pile onto the point a
+    running trial already explores."""
+    import numpy as np
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.TPESampler):
+        def before_trial(self, study, trial):
+            a, b = np.random.SeedSequence([seed, trial.number]).generate_state(2)
+            try:  # optuna's own RNGs (TPE's and its start-up RandomSampler's), reseeded in place
+                self._rng.rng.seed(int(a))
+                self._random_sampler._rng.rng.seed(int(b))
+            except AttributeError:  # another optuna's internals: distinct draws still, not reproducible ones
+                self.reseed_rng()
+            super().before_trial(study, trial)
+
+    return TrialSeededTPE(seed=seed, constant_liar=True)
+
+
 def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_trials: int, seed: int,
            pruner: str, runs_dir: str, threads: int | None) -> None:
-    """One tuning process: its own sampler seed, the shared storage, `n_trials` trials."""
+    """One tuning process: the shared storage, `n_trials` trials, each drawn from (seed, its trial number)."""
     interruptible()
     import methods  # noqa: F401  (register every method)
     import optuna
@@ -208,8 +230,7 @@ def worker(suite_dump: dict, method: str, study: str, storage: str | None, n_tri
     device = env.runtime_device(suite.runtime)
     teacher = ensure_teacher(suite, Path(runs_dir), device, log=lambda *_: None)
     fit, val = split_train(get_dataset(suite.dataset))
-    # constant_liar: parallel workers do not all pile onto the point a running trial already explores
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    sampler = trial_seeded_sampler(seed)
     st = optuna.load_study(study_name=study, storage=open_storage(storage, Path(runs_dir), study), sampler=sampler,
                            pruner=make_pruner(pruner, suite, n_trials))
     logging.getLogger("optuna.study._optimize").addFilter(_no_interrupt_traceback)  # once per logger: idempotent
@@ -242,6 +263,8 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
                            f"(add a `search: {{{method}: ...}}` section)")
     if trials < 1 or jobs < 1:
         raise HarnessError("--trials and --jobs must be at least 1")
+    if not 0 <= seed < 2 ** 32:  # numpy's RandomState, under optuna's sampler, takes no other
+        raise HarnessError(f"--seed must be between 0 and 2**32 - 1 (got {seed})")
     runs_dir = Path(runs_dir).resolve()
     given, study = study is not None, study or f"{suite.name}-{method}-{suite.profile}"
     if "/" in study or "\\" in study or study.startswith(".") or not study.strip() or not study.isprintable():
@@ -294,16 +317,13 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
         raise HarnessError(f"study {study} was run with another config ({key} differs); its trials cannot be "
                            f"compared with new ones: give --study a new name")
     st.set_user_attr("config", config)
-    # a fresh study draws from `seed`; a resumed one from a seed its trial count moves on, so new trials explore new
-    # points instead of repeating the first ones (TPE's start-up trials are random draws from the seed)
     n_before = len(st.trials)  # read from the storage once
-    seed += 1000 * n_before
     env.apply_runtime(suite.runtime)
     ensure_teacher(suite, runs_dir, env.runtime_device(suite.runtime), log)  # once, before workers race on it
     jobs = min(jobs, trials)
     threads = max(1, env.thread_count(suite.runtime.threads) // jobs)  # OMP_NUM_THREADS as `run` reads it
     shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
-    args = [(suite.model_dump(mode="json"), method, study, storage, n, seed + i, pruner, str(runs_dir), threads)
+    args = [(suite.model_dump(mode="json"), method, study, storage, n, seed, pruner, str(runs_dir), threads)
             for i, n in enumerate(shares)]
     before = f"{n_before} trial(s) there before, " if n_before else "new, "
     log(f"study {study} ({redact(storage or 'journal')}): {before}{trials} trials in {jobs} worker(s), pruner {pruner}")
@@ -420,9 +440,9 @@ def tune_command(suite: str = typer.Argument(..., help="suite name in benchmarks
                  profile: Optional[str] = typer.Option(None, "--profile", "-p", help="paper, or one of the suite's profiles (quick, smoke, ...)"),
                  jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes on this machine"),
                  pruner: str = typer.Option("median", "--pruner", help="median | hyperband"),
-                 seed: int = typer.Option(0, "--seed", help="sampler seed (worker i uses seed + i; a resumed study adds "
-                                          "1000 x its trial count; separate tune commands started together on one "
-                                          "study need different seeds, or they draw the same first points)"),
+                 seed: int = typer.Option(0, "--seed", help="sampler seed: a trial draws from (seed, its trial "
+                                          "number), so workers and commands sharing one study draw different points "
+                                          "with the same seed"),
                  runs_dir: Path = RUNS_DIR):
     """Tune a method's hyperparameters on a held-out validation split; writes a --params overlay."""
     from .cli import _load

@@ -262,6 +262,37 @@ def test_a_resumed_study_explores_new_points_and_keeps_its_config(runs, capfd):
          "dfad", 1, runs_dir=runs, log=lambda *_: None)
 
 
+def test_workers_sharing_a_study_and_a_seed_draw_different_points_and_a_replay_the_same():
+    """Each `tune` command (and each --jobs worker) loads the study with its own sampler. Seeded TPE samplers draw
+    from their own streams: two started together with the same --seed gave the same first points. A trial's
+    draws now come from (seed, its trial number), which the storage hands out once."""
+    import math
+
+    import optuna
+
+    from harness.tune import trial_seeded_sampler
+
+    def study_of(seed, turns=12):  # two samplers on one storage asking in turn; 12 trials: TPE's 10 random, 2 fitted
+        storage = optuna.storages.InMemoryStorage()
+        optuna.create_study(study_name="s", storage=storage, direction="maximize")
+        workers = [optuna.load_study(study_name="s", storage=storage, sampler=trial_seeded_sampler(seed))
+                   for _ in range(2)]
+        drawn = {}
+        for i in range(turns):
+            t = workers[i % 2].ask()
+            drawn[t.number] = t.suggest_float("lr", 1e-5, 1.0, log=True)
+            workers[i % 2].tell(t, -abs(math.log10(drawn[t.number]) + 3))
+        return drawn
+
+    first = study_of(7)
+    assert sorted(first) == list(range(12)) and len(set(first.values())) == 12, first
+    assert study_of(7) == first  # the same seed and history: the same points
+    assert set(study_of(8).values()).isdisjoint(first.values())
+    with pytest.raises(HarnessError, match="--seed must be between 0 and 2"):
+        from harness.tune import tune
+        tune(load_suite("mnist", "smoke", TINY + SPACE), "dfad", 1, seed=-1)
+
+
 def test_the_local_launcher_runs_a_window_of_jobs_with_a_share_of_the_threads(runs, monkeypatch):
     """All jobs at once would share the cores among every run: DFAD_LOCAL_PARALLEL=2 runs two at once, each with
     half the threads, and the third job starts when one of them has finished."""
