@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# venv install A/B: pip's byte-compilation on (A, the Makefile as it is) vs --no-compile (B); then import torch twice
+set -u
+for side in A B; do
+  d=/tmp/venv$side; rm -rf $d; git clone -q /work/main $d; cd $d
+  flags=""; [ $side = B ] && flags="--no-compile"
+  s=$(date +%s.%N)
+  python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1
+  p=$(date +%s.%N)
+  .venv/bin/pip install -q $flags -e '.[test]' >/dev/null 2>&1
+  e=$(date +%s.%N)
+  i1=$( { /usr/bin/time -f "%e" .venv/bin/python -c "import harness.cli, torch" ; } 2>&1 | tail -1)
+  i2=$( { /usr/bin/time -f "%e" .venv/bin/python -c "import harness.cli, torch" ; } 2>&1 | tail -1)
+  npyc=$(find .venv/lib/python3.11/site-packages -name "*.pyc" | wc -l)
+  echo "$side venv+pip-upgrade $(echo "$p - $s" | bc) s, install $(echo "$e - $p" | bc) s, first import $i1 s, second $i2 s, pyc files $npyc"
+done
