@@ -324,7 +324,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     threads = max(1, env.thread_count(suite.runtime.threads) // jobs)  # OMP_NUM_THREADS as `run` reads it
     shares = [trials // jobs + (i < trials % jobs) for i in range(jobs)]
     args = [(suite.model_dump(mode="json"), method, study, storage, n, seed, pruner, str(runs_dir), threads)
-            for i, n in enumerate(shares)]
+            for n in shares]
     before = f"{n_before} trial(s) there before, " if n_before else "new, "
     log(f"study {study} ({redact(storage or 'journal')}): {before}{trials} trials in {jobs} worker(s), pruner {pruner}")
     if jobs == 1:

@@ -270,7 +270,7 @@ def test_workers_sharing_a_study_and_a_seed_draw_different_points_and_a_replay_t
 
     import optuna
 
-    from harness.tune import trial_seeded_sampler
+    from harness.tune import trial_seeded_sampler, tune
 
     def study_of(seed, turns=12):  # two samplers on one storage asking in turn; 12 trials: TPE's 10 random, 2 fitted
         storage = optuna.storages.InMemoryStorage()
@@ -289,7 +289,6 @@ def test_workers_sharing_a_study_and_a_seed_draw_different_points_and_a_replay_t
     assert study_of(7) == first  # the same seed and history: the same points
     assert set(study_of(8).values()).isdisjoint(first.values())
     with pytest.raises(HarnessError, match="--seed must be between 0 and 2"):
-        from harness.tune import tune
         tune(load_suite("mnist", "smoke", TINY + SPACE), "dfad", 1, seed=-1)
 
 

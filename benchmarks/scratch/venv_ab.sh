@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # venv install A/B: pip's byte-compilation on (A, the Makefile as it is) vs --no-compile (B); then import torch twice
 set -u
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
 for side in A B; do
-  d=/tmp/venv$side; rm -rf $d; git clone -q /work/main $d; cd $d
+  d=/tmp/venv$side; rm -rf $d; git clone -q "$repo" $d; cd $d
   flags=""; [ $side = B ] && flags="--no-compile"
   s=$(date +%s.%N)
   python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1
