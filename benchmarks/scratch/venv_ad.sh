@@ -1,26 +1,17 @@
 #!/usr/bin/env bash
+# venv install A/B: pip byte-compiling (A, the Makefile before e3697c1) vs pip --no-compile then compileall's
+# workers over site-packages (D, the Makefile since); the same .pyc files either way. Then import torch twice.
 set -u
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 for side in A D; do
   d=/tmp/venv$side; rm -rf $d; git clone -q "$repo" $d; cd $d
-  flags=--no-compile; [ $side = A ] && flags=""
+  flags=""; [ $side = D ] && flags="--no-compile"
   s=$(date +%s.%N)
   python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1
   p=$(date +%s.%N)
   .venv/bin/pip install -q $flags -e '.[test]' >/dev/null 2>&1
   e=$(date +%s.%N)
-  if [ $side = A ]; then :; elif false; then
-    env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "
-import importlib, pkgutil
-import torch, torchvision, wandb, optuna, pandas, matplotlib.pyplot, rich, pydantic, typer, jinja2, torchmetrics, pytest, xdist
-for pkg in ('harness', 'methods', 'reports'):
-    m = importlib.import_module(pkg)
-    for info in pkgutil.walk_packages(m.__path__, pkg + '.'):
-        importlib.import_module(info.name)
-"
-  else
-    .venv/bin/python -m compileall -q -j 0 .venv/lib/python3.11/site-packages >/dev/null 2>&1
-  fi
+  [ $side = D ] && .venv/bin/python -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
   w=$(date +%s.%N)
   i1=$( { /usr/bin/time -f "%e" .venv/bin/python -c "import harness.cli, torch" ; } 2>&1 | tail -1)
   i2=$( { /usr/bin/time -f "%e" .venv/bin/python -c "import harness.cli, torch" ; } 2>&1 | tail -1)
