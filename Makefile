@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	@# pip byte-compiles the ~11,900 installed files one by one (~1 min here); compileall's workers do it in ~20 s.
+	@# pip byte-compiles the ~11,900 installed files one by one (~1 min here); compileall's workers do it in ~20-25 s.
 	@# quiet=2: a file only newer Pythons parse (torch ships some) stays uncompiled, as pip leaves it.
 	$(BIN)/pip install -q --no-compile -e '.[test]'
 	$(BIN)/python -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
