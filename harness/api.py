@@ -15,7 +15,7 @@ from .config import NoBoolNumbers, one_line
 from .data import ImageTensors, LoaderBatches, TensorBatches, collate_pairs, get_dataset, materialize
 from .errors import HarnessError, first_line
 from .fold import fold_batchnorm
-from .loop import LoopResult, run_loop
+from .loop import LoopResult, fit_iterations, run_loop
 from .models import check_fits, check_same_output
 from .method import Context, Method
 from .registry import METHODS
@@ -123,13 +123,14 @@ class DistillArgs(NoBoolNumbers):
     precision: Literal["auto", "fp32", "bf16"]
     channels_last: Literal["auto", "on", "off"]
     eval_precision: Literal["fp32", "run"]
+    time_budget_s: Optional[float] = Field(gt=0)
 
 
 def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_set: Dataset | ImageTensors = None,
             input_shape=None, num_classes: int | None = None, seed: int = 0, train_set: Dataset | None = None,
             device: str = "auto", precision: str = "auto", channels_last: str = "auto",
             iterations: int = 2000, eval_every: int = 50, on_eval=None, eval_precision: str = "fp32",
-            **hyperparameters: Any) -> LoopResult:
+            time_budget_s: float | None = None, **hyperparameters: Any) -> LoopResult:
     """Distil `teacher` into `student` with a registered method; returns best/final accuracy,
     the per-evaluation history and the trained student.
 
@@ -137,11 +138,13 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
     the device. The teacher is frozen for the run and given back as it came (mode, requires_grad, layout);
     the student is trained in place and returned in eval mode. The caller's random number generators are
     left as they were. The test accuracy is measured in fp32 whatever `precision` trains in;
-    eval_precision="run" measures it in the run's precision (faster on a CPU).
+    eval_precision="run" measures it in the run's precision (faster on a CPU). time_budget_s: as many
+    iterations (at most `iterations`) as a timing of the method on this machine says fit in that many seconds
+    (result.iterations, and result.time_budget for what the choice was made from).
     """
     try:
         DistillArgs(seed=seed, iterations=iterations, eval_every=eval_every, precision=precision,
-                    channels_last=channels_last, eval_precision=eval_precision)
+                    channels_last=channels_last, eval_precision=eval_precision, time_budget_s=time_budget_s)
     except ValidationError as e:
         raise HarnessError(f"distill: {one_line(e)}") from None
     dev = env.resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -149,12 +152,20 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
     with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
         test, input_shape, num_classes = check_inputs(teacher, student, test_set, train_set, input_shape, num_classes)
         kept = [ModuleState(teacher), ModuleState(student)]
-        try:
-            ctx = build_context(teacher, student, input_shape, num_classes, seed, iterations, dev, precision,
-                                channels_last, train_set=train_set, eval_precision=eval_precision)
+        def method_on(model, n):
+            ctx = build_context(teacher, model, input_shape, num_classes, seed, n, dev, precision, channels_last,
+                                train_set=train_set, eval_precision=eval_precision)
             m = make_method(method, ctx, hyperparameters)
             m.setup()
-            result = run_loop(m, test, iterations, eval_every, on_eval=on_eval)
+            return m
+
+        try:
+            budget = None
+            if time_budget_s:
+                iterations, budget = fit_iterations(lambda: method_on(copy.deepcopy(student), iterations), test,
+                                                    iterations, eval_every, time_budget_s, log=lambda line: None)
+            result = run_loop(method_on(student, iterations), test, iterations, eval_every, on_eval=on_eval)
+            result.time_budget = budget
         finally:
             for k in kept:
                 k.restore()

@@ -270,7 +270,8 @@ def validate(suite: str = typer.Argument(...), overrides: Optional[List[str]] = 
         check_models(s)
         typer.echo(f"ok: {s.name} [{p}] dataset {s.dataset}, teacher {s.teacher.model.name}, student "
                    f"{s.student.name}, methods {', '.join(s.method_names())}, seeds {s.seeds}, "
-                   f"{s.budget.iterations} iterations")
+                   f"{s.budget.iterations} iterations" + (f" at most, as many as fit in {s.budget.time_budget_s:g}s"
+                                                          if s.budget.time_budget_s else ""))
         for key, users in data_needs(s, runs_dir).items():
             needs[key] = list(dict.fromkeys([*needs.get(key, []), *users]))
     if data:

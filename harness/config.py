@@ -162,6 +162,12 @@ class BudgetCfg(Strict):
     eval_every: int = Field(50, gt=0)  # the official "epoch" is 50 iterations
     # fail a run whose test accuracy sits at chance for this many evaluations in a row (None: never)
     chance_evals: Optional[int] = Field(None, gt=0)
+    # as many iterations (at most `iterations`) as fit in this many seconds of training and evaluation, from a
+    # timing of the method's steps and of one evaluation on this machine before the run (loop.fit_iterations);
+    # the schedule spans the iterations chosen, a resumed run keeps them, and summary.json records them. The
+    # count then depends on the machine: the config names the budget, not the iterations. Left out of the
+    # run's config (and its hash) when unset.
+    time_budget_s: Optional[float] = Field(None, gt=0)
 
 
 class RuntimeCfg(Strict):
@@ -367,6 +373,8 @@ class Suite(Strict):
             d["dataset_def"] = own
         if self.teacher.checkpoint and (digest := file_digest(self.teacher.checkpoint)):
             d["teacher_sha256"] = digest  # the weights, not the path: a file replaced under one name is another teacher
+        if d["budget"].get("time_budget_s") is None:  # added later: unset, the configs of earlier runs stay as they were
+            d["budget"].pop("time_budget_s", None)
         d.update(method=method, seed=seed, params=self.method_params(method).model_dump(mode="json"))
         cls = method_of(method, self.methods.get(method))
         if cls != method:  # a variant: record which registered method runs it

@@ -37,6 +37,7 @@ class LoopResult:
     resumed_from: int = 0
     method: Optional[Method] = field(default=None, repr=False)
     cuda_graph: Optional[dict] = None  # runtime.cuda_graph: how the steps ran (GraphedStep.status)
+    time_budget: Optional[dict] = None  # distill(time_budget_s=...): what the iteration count was chosen from
 
 
 @torch.no_grad()
@@ -143,6 +144,43 @@ def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: in
     return loop.run()
 
 
+def fit_iterations(make_probe: Callable[[], Method], test: ImageTensors, max_iterations: int, eval_every: int,
+                   budget_s: float, log=print, probe_steps: int = 10, warmup: int = 4) -> tuple[int, dict]:
+    """How many iterations (at most max_iterations, a multiple of eval_every where one fits) fit in budget_s with
+    their evaluations: times probe_steps iterations after warm-up (which also captures a CUDA graph and lets cudnn
+    pick its kernels) and one evaluation of a probe, make_probe()'s method set up on its own copy of the student.
+    The random number generators are left as they were, so the real run starts untouched. Returns (iterations,
+    what the choice was made from)."""
+    t0 = time.perf_counter()
+    devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        method = make_probe()
+        device = method.ctx.device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        probe = _Loop(method, test.to(device), 1 << 62, 1 << 62, None, "", None, None, None)
+        for _ in range(warmup):
+            probe.step()
+        sync()
+        t1 = time.perf_counter()
+        for _ in range(probe_steps):
+            probe.step()
+        sync()
+        step_s = (time.perf_counter() - t1) / probe_steps
+        t2 = time.perf_counter()
+        evaluate(method.ctx.student, probe.test, device, method.ctx.eval_autocast, channels_last=method.ctx.channels_last)
+        eval_s = time.perf_counter() - t2
+        del probe, method
+    per_iter = 1.05 * (step_s + eval_s / eval_every)  # 5% margin for drift
+    left = budget_s - (time.perf_counter() - t0)
+    n = min(max_iterations, int(left // per_iter))
+    n = max(1, n - n % eval_every if n >= eval_every else n)
+    info = {"budget_s": budget_s, "probe_s_per_iter": round(step_s, 4), "probe_eval_s": round(eval_s, 2),
+            "probe_wall_s": round(time.perf_counter() - t0, 1), "max_iterations": max_iterations, "iterations": n}
+    log(f"time budget {budget_s:.0f}s: {step_s:.3f}s per iteration, {eval_s:.1f}s per evaluation (every "
+        f"{eval_every}) -> {n} iterations (at most {max_iterations})")
+    return n, info
+
+
 class _Loop:
     def __init__(self, method, test, iterations, eval_every, checkpoint, fingerprint, on_eval, on_progress,
                  chance_evals, checkpoint_every_s=0.0):
@@ -179,6 +217,7 @@ class _Loop:
                 "method": self.method.state_dict(), "rng": rng_state(self.ctx.device), "history": self.history,
                 "elapsed_s": self.elapsed(), "train_time_s": self.train_time,
                 "loss_sums": self.sums, "loss_count": self.count,
+                "iterations": self.iterations,  # the planned count (a time budget's choice): a resumed run keeps it
             }, self.checkpoint)
 
     def run(self) -> LoopResult:

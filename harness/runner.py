@@ -1,6 +1,7 @@
 """Runs a suite: the teacher, then every (method, seed) into the store, skipping what is finished."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -17,7 +18,7 @@ from .config import Suite, config_hash
 from .data import get_dataset, metric_word
 from .errors import DivergenceError, HarnessError, MissingDataError, NotApplicableError, first_line
 from .locks import Busy, exclusive
-from .loop import CHECKPOINT_VERSION, run_loop
+from .loop import CHECKPOINT_VERSION, fit_iterations, run_loop
 from .models import build_model, check_fits, check_same_output, count_macs
 from .progress import SuiteProgress
 from .store import STORAGE_ERRNOS, RunDir, Store, atomic_torch_save
@@ -269,10 +270,29 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         torch.manual_seed(seed)
         student = build_student(suite)
         macs = count_macs(student, spec.input_shape)
-        ctx = build_context(teacher.model, student, spec.input_shape, spec.num_classes, seed,
-                            suite.budget.iterations, device, dataset=suite.dataset,
-                            **runtime_switches(suite.runtime))
-        m = make_method(cfg.get("method_class", method), ctx, cfg["params"])
+        resume = load_resume_state(rd, fp, progress.log, cfg, previous_cfg)
+
+        def method_on(model, iterations):
+            ctx = build_context(teacher.model, model, spec.input_shape, spec.num_classes, seed, iterations, device,
+                                dataset=suite.dataset, **runtime_switches(suite.runtime))
+            return make_method(cfg.get("method_class", method), ctx, cfg["params"])
+
+        iterations, budget_s = suite.budget.iterations, suite.budget.time_budget_s
+        if resume:  # the iterations planned when the run began (a time budget's choice), not a new probe's
+            iterations = resume.get("iterations", iterations)
+            if budget_s:
+                base["time_budget"] = (rd.summary() or {}).get("time_budget")
+        elif budget_s:
+            def probe():
+                pm = method_on(copy.deepcopy(student), iterations)
+                pm.setup()
+                return pm
+
+            iterations, base["time_budget"] = fit_iterations(
+                probe, test, iterations, suite.budget.eval_every, budget_s,
+                lambda line: progress.log(f"  {method} seed {seed}: {line}"))
+        m = method_on(student, iterations)
+        ctx = m.ctx
         precision = str(ctx.precision or "fp32").replace("torch.", "")
         base.update(student_macs=macs, data_free=m.data_free, precision=precision, channels_last=ctx.channels_last,
                     eval_precision=precision if ctx.eval_autocast else "fp32",
@@ -280,7 +300,6 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         m.setup()
         # whether a generator of this method fuses upsample+conv (a method without one has nothing to fuse)
         base["fused_upsample"] = any(getattr(mod, "fused_upsample", False) for mod in m.modules.values())
-        resume = load_resume_state(rd, fp, progress.log, cfg, previous_cfg)
         rows = list(resume["history"]) if resume else []
         if rows:  # the evaluations so far, also where metrics.csv was lost and no evaluation is left to run
             rd.write_metrics(rows)
@@ -300,8 +319,8 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
             for cb in callbacks:
                 cb.on_eval(row, m)
 
-        progress.start_run(f"{method} seed {seed}", suite.budget.iterations, resume["iteration"] if resume else 0)
-        result = run_loop(m, test, suite.budget.iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
+        progress.start_run(f"{method} seed {seed}", iterations, resume["iteration"] if resume else 0)
+        result = run_loop(m, test, iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
                           resume_state=resume, on_eval=on_eval, on_progress=progress.update_run, fingerprint=fp,
                           chance_evals=suite.budget.chance_evals,
                           checkpoint_every_s=suite.runtime.checkpoint_every_s)

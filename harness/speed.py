@@ -223,6 +223,8 @@ def measure(suite: Suite, method: str, iters: int = 5, warmup: int = 2, repeats:
         if device.type == "cuda":
             out[name]["cudnn_benchmark"] = benchmark[name]
     out["schedule_iterations"] = suite.budget.iterations
+    if suite.budget.time_budget_s:  # a run sizes its schedule to this (at most schedule_iterations)
+        out["time_budget_s"] = suite.budget.time_budget_s
     out["keep_freed_memory"] = suite.runtime.keep_freed_memory and env.allocator_settable()
     if device.type == "cuda":  # PyTorch's defaults, unchanged by the harness: fp32 convolutions may use TF32
         out["cuda_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": cudnn.allow_tf32}

@@ -327,6 +327,9 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
             for n in shares]
     before = f"{n_before} trial(s) there before, " if n_before else "new, "
     log(f"study {study} ({redact(storage or 'journal')}): {before}{trials} trials in {jobs} worker(s), pruner {pruner}")
+    if suite.budget.time_budget_s:  # trials are compared (and pruned) at equal iterations, not at a machine's speed
+        log(f"note: every trial runs budget.iterations ({suite.budget.iterations}); budget.time_budget_s "
+            f"({suite.budget.time_budget_s:g}s) sizes suite runs only")
     if jobs == 1:
         worker(*args[0])
     else:  # spawn, not fork: torch's threads and optuna's connections do not survive a fork

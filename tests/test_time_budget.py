@@ -1,0 +1,127 @@
+"""budget.time_budget_s: a run sized to the machine. The probe times the method without touching the run (its
+weights, its random numbers), the count it picks fits the budget, and a resumed run keeps the count it began with."""
+import json
+import time
+
+import pytest
+import torch
+
+import harness
+from conftest import SMOKE_TEACHER, random_test_set
+from harness.errors import HarnessError
+from harness.method import Method, Params
+
+BASE = [*SMOKE_TEACHER, "budget.iterations=40", "budget.eval_every=10", "runtime.deterministic=true",
+        "tracking.wandb.mode=disabled"]
+
+
+def run(runs, *overrides):
+    from harness.config import load_suite
+    from harness.progress import SuiteProgress
+    from harness.runner import run_suite
+
+    suite = load_suite("mnist", "smoke", [*BASE, *overrides], methods=["dfad"])
+    out = run_suite(suite, runs, progress=SuiteProgress(1, live=False, stream=open("/dev/null", "w")))
+    assert out.done or out.skipped, out.failed
+    rd = runs / "mnist" / "dfad" / "seed-0"
+    return json.loads((rd / "summary.json").read_text()), torch.load(rd / "student.pt", weights_only=True)
+
+
+def test_a_budget_that_fits_the_cap_runs_exactly_the_fixed_run(runs, tmp_path_factory):
+    """The probe runs on its own copy with the random numbers forked: the budgeted run is bit for bit the run
+    of the same iterations without a budget."""
+    budgeted, weights = run(runs, "budget.time_budget_s=1e6")
+    tb = budgeted["time_budget"]
+    assert budgeted["iterations"] == tb["iterations"] == tb["max_iterations"] == 40
+    assert tb["probe_s_per_iter"] > 0 and tb["budget_s"] == 1e6
+    other = tmp_path_factory.mktemp("fixed")
+    import shutil
+
+    shutil.copytree(runs / "teachers", other / "teachers")
+    fixed, fixed_weights = run(other)
+    assert "time_budget" not in fixed
+    assert fixed["best_acc"] == budgeted["best_acc"]
+    assert all(torch.equal(weights[k], fixed_weights[k]) for k in weights)
+    # an unset budget leaves the run's config (and the hash of every run made before the key existed) as it was
+    assert fixed["config_hash"] != budgeted["config_hash"]
+    import yaml
+
+    stored = yaml.safe_load((other / "mnist" / "dfad" / "seed-0" / "config.yaml").read_text())
+    assert "time_budget_s" not in stored["budget"]
+
+
+def test_a_resumed_run_keeps_the_iterations_it_planned(runs, monkeypatch):
+    """No second probe on resume: the checkpoint's planned count (here raised to 50 past the 40 the cap allows)
+    is the one the run finishes, and the summary keeps what the count was chosen from."""
+    first, _ = run(runs, "budget.time_budget_s=1e6")
+    rd = runs / "mnist" / "dfad" / "seed-0"
+    state = torch.load(rd / "checkpoint.pt", weights_only=True)
+    assert state["iterations"] == 40
+    torch.save({**state, "iterations": 50}, rd / "checkpoint.pt")
+    (rd / "summary.json").write_text(json.dumps({**first, "status": "interrupted"}))
+
+    def probed(*a, **k):
+        raise AssertionError("a resumed run was probed again")
+
+    monkeypatch.setattr("harness.runner.fit_iterations", probed)
+    second, _ = run(runs, "budget.time_budget_s=1e6")
+    assert second["iterations"] == 50 and second["resumed_from"] == 40
+    assert second["time_budget"] == first["time_budget"]
+
+
+class Sleeper(Method):
+    """A method whose iteration takes a known time (a sleep), for the arithmetic of the fit."""
+
+    name = "sleeper"
+
+    def setup(self):
+        pass
+
+    def step(self, it):
+        time.sleep(0.01)
+        torch.rand(1)  # draws a random number, as every real method does
+        return {}
+
+
+def test_the_fit_counts_iterations_and_evaluations_and_leaves_the_rng_alone():
+    from harness.api import build_context
+    from harness.loop import fit_iterations
+    from harness.models import build_model
+
+    def probe():
+        ctx = build_context(build_model("lenet5"), build_model("lenet5_half"), (1, 32, 32), 10, 0, 10, "cpu",
+                            "fp32", "off")
+        return Sleeper(ctx, Params())
+
+    test = random_test_set((1, 32, 32))
+    before = torch.get_rng_state()
+    said = []
+    n, info = fit_iterations(probe, test, 100000, 10, 1.0, log=said.append)
+    assert torch.equal(torch.get_rng_state(), before)
+    # 1 s at >= 10 ms per iteration, less the probe's 14 iterations: at most 95 iterations, in whole evaluations
+    assert 10 <= n <= 95 and n % 10 == 0 and info["iterations"] == n
+    assert info["probe_s_per_iter"] >= 0.01 and "-> " + str(n) + " iterations" in said[0]
+    assert fit_iterations(probe, test, 30, 10, 1e6, log=said.append)[0] == 30  # the cap
+    assert fit_iterations(probe, test, 30, 10, 1e-3, log=said.append)[0] == 1  # nothing fits: one iteration
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_distill_takes_a_time_budget():
+    torch.manual_seed(0)
+    test = random_test_set((3, 16, 16), n=64)
+    res = harness.distill(TinyNet(), TinyNet(), test_set=test, iterations=6, eval_every=3, batch_size=8, nz=8, ngf=4,
+                          precision="fp32", time_budget_s=1e6)
+    assert res.iterations == res.time_budget["iterations"] == 6 and len(res.history) == 2
+    assert harness.distill(TinyNet(), TinyNet(), test_set=test, iterations=6, eval_every=3, batch_size=8, nz=8,
+                           ngf=4, precision="fp32").time_budget is None
+    with pytest.raises(HarnessError, match="time_budget_s"):
+        harness.distill(TinyNet(), TinyNet(), test_set=test, time_budget_s=0)
