@@ -110,7 +110,18 @@ def main():
                      f"{fmt([s['s_per_iter'] for s in ss if s.get('s_per_iter')])} |")
     lines += ["", f"Teacher: {teacher.get('model', {}).get('name', '?') if isinstance(teacher.get('model'), dict) else teacher.get('model', '?')}, "
               f"test acc {teacher.get('test_acc', float('nan')):.4f}, trained in {teacher.get('wall_time_s', '?')} s "
-              f"({teacher.get('source', '?')}; recipe {teacher.get('recipe', '?')})", ""]
+              f"({teacher.get('source', '?')}; recipe {teacher.get('recipe', '?')}"
+              + (f"; {teacher['epochs_run']} epochs run" if teacher.get("epochs_run") else "") + ")", ""]
+    sized = [(rd, s) for rd, s in runs if s.get("time_budget")]
+    if sized:  # budget.time_budget_s: what each run's iteration count was chosen from
+        lines += ["## Iterations chosen by the time budget", "", "| method | seed | budget s | probe s/iter | "
+                  "probe evaluation s | probe wall s | iterations (at most) |", "|" + "---|" * 7]
+        for rd, s in sized:
+            tb = s["time_budget"]
+            lines.append(f"| {rd.method} | {rd.seed} | {tb.get('budget_s')} | {tb.get('probe_s_per_iter')} | "
+                         f"{tb.get('probe_eval_s')} | {tb.get('probe_wall_s')} | {tb.get('iterations')} "
+                         f"({tb.get('max_iterations')}) |")
+        lines.append("")
 
     lines += ["## Every run", "", "| method | seed | status | best | at iteration | final | iterations | wall s | "
               "s/iter | teacher images | precision | reason |", "|" + "---|" * 12]

@@ -140,7 +140,9 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
     left as they were. The test accuracy is measured in fp32 whatever `precision` trains in;
     eval_precision="run" measures it in the run's precision (faster on a CPU). time_budget_s: as many
     iterations (at most `iterations`) as a timing of the method on this machine says fit in that many seconds
-    (result.iterations, and result.time_budget for what the choice was made from).
+    (result.iterations, and result.time_budget for what the choice was made from). The probe draws its own
+    batches from train_set: a DataLoader whose sampler has a generator of its own then starts the run elsewhere in
+    its stream than it would without a budget.
     """
     try:
         DistillArgs(seed=seed, iterations=iterations, eval_every=eval_every, precision=precision,

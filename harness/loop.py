@@ -4,6 +4,7 @@ Methods only define `step`; everything that makes runs comparable lives here onc
 """
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import threading
@@ -130,15 +131,17 @@ def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: in
              on_eval: Callable[[dict], None] | None = None,
              on_progress: Callable[[int, int, float | None], None] | None = None,
              fingerprint: str = "", chance_evals: int | None = None,
-             checkpoint_every_s: float = 0.0) -> LoopResult:
+             checkpoint_every_s: float = 0.0, time_budget: dict | None = None) -> LoopResult:
     """Run `method` for `iterations`, evaluating on `test` every `eval_every` iterations.
 
     `chance_evals`: fail the run when that many evaluations in a row sit at chance accuracy.
     `checkpoint_every_s`: write the checkpoint at an evaluation only when this long has passed since the
     last one (0: at every evaluation); the first evaluation, the last iteration and a stop always write it.
+    `time_budget`: what fit_iterations chose `iterations` from, kept in the checkpoint beside them.
     """
     loop = _Loop(method, test.to(method.ctx.device), iterations, eval_every, checkpoint, fingerprint,
                  on_eval, on_progress, chance_evals, checkpoint_every_s)
+    loop.time_budget = time_budget
     if resume_state is not None:
         loop.resume(resume_state)
     return loop.run()
@@ -170,10 +173,14 @@ def fit_iterations(make_probe: Callable[[], Method], test: ImageTensors, max_ite
         evaluate(method.ctx.student, probe.test, device, method.ctx.eval_autocast, channels_last=method.ctx.channels_last)
         eval_s = time.perf_counter() - t2
         del probe, method
+    gc.collect()  # the probe's modules (a compiled one, a captured graph's pool) before the real run builds its own
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     per_iter = 1.05 * (step_s + eval_s / eval_every)  # 5% margin for drift
     left = budget_s - (time.perf_counter() - t0)
-    n = min(max_iterations, int(left // per_iter))
-    n = max(1, n - n % eval_every if n >= eval_every else n)
+    n = int(left // per_iter)
+    # whole evaluation periods where fewer than the cap fit (the last evaluation at the end), the cap as it is
+    n = max_iterations if n >= max_iterations else max(1, n - n % eval_every if n >= eval_every else n)
     info = {"budget_s": budget_s, "probe_s_per_iter": round(step_s, 4), "probe_eval_s": round(eval_s, 2),
             "probe_wall_s": round(time.perf_counter() - t0, 1), "max_iterations": max_iterations, "iterations": n}
     log(f"time budget {budget_s:.0f}s: {step_s:.3f}s per iteration, {eval_s:.1f}s per evaluation (every "
@@ -195,6 +202,7 @@ class _Loop:
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.stepper = stepper(method, self.ctx.cuda_graph)
+        self.time_budget: dict | None = None
 
     def resume(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
@@ -217,7 +225,8 @@ class _Loop:
                 "method": self.method.state_dict(), "rng": rng_state(self.ctx.device), "history": self.history,
                 "elapsed_s": self.elapsed(), "train_time_s": self.train_time,
                 "loss_sums": self.sums, "loss_count": self.count,
-                "iterations": self.iterations,  # the planned count (a time budget's choice): a resumed run keeps it
+                # the planned count and what a time budget chose it from: a resumed run keeps both
+                "iterations": self.iterations, "time_budget": self.time_budget,
             }, self.checkpoint)
 
     def run(self) -> LoopResult:

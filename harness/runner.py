@@ -280,8 +280,8 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         iterations, budget_s = suite.budget.iterations, suite.budget.time_budget_s
         if resume:  # the iterations planned when the run began (a time budget's choice), not a new probe's
             iterations = resume.get("iterations", iterations)
-            if budget_s:
-                base["time_budget"] = (rd.summary() or {}).get("time_budget")
+            if chosen := resume.get("time_budget") or (rd.summary() or {}).get("time_budget"):
+                base["time_budget"] = chosen
         elif budget_s:
             def probe():
                 pm = method_on(copy.deepcopy(student), iterations)
@@ -323,7 +323,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         result = run_loop(m, test, iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
                           resume_state=resume, on_eval=on_eval, on_progress=progress.update_run, fingerprint=fp,
                           chance_evals=suite.budget.chance_evals,
-                          checkpoint_every_s=suite.runtime.checkpoint_every_s)
+                          checkpoint_every_s=suite.runtime.checkpoint_every_s, time_budget=base.get("time_budget"))
         atomic_torch_save({k: v.detach().cpu() for k, v in result.student.state_dict().items()}, rd.student)
         best_row = max(result.history, key=lambda r: r["test_acc"])
         summary = {**base, "status": "done", "best_acc": result.best_acc, "final_acc": result.final_acc,

@@ -102,6 +102,8 @@ class WandbTracker(RunCallback):
         self.stats = (torch.tensor(spec.mean).view(-1, 1, 1), torch.tensor(spec.std).view(-1, 1, 1))
         cfg = redact({**config, "suite": self.suite.name, "profile": self.suite.profile, **self.extra,
                       "config_hash": summary.get("config_hash"),
+                      # budget.time_budget_s: the iterations this run plans (budget.iterations is then the cap)
+                      **({"time_budget": summary["time_budget"]} if summary.get("time_budget") else {}),
                       **({"resumed_from": summary["wandb_resumed_from"]} if summary.get("wandb_resumed_from") else {})})
         self.dir.mkdir(parents=True, exist_ok=True)
         project = self.cfg.project or "dfad-bench"

@@ -308,6 +308,7 @@ def tune(suite, method: str, trials: int, storage: str | None = None, study: str
     config.get("dataset_def", {}).pop("files", None)
     config.get("dataset_def", {}).pop("folder", None)
     config.get("teacher", {}).pop("checkpoint", None)
+    config.get("budget", {}).pop("time_budget_s", None)  # trials run budget.iterations (see tune())
     precision = precision_of(run)  # a bf16 trial does not rank against an fp32 one
     if (earlier := st.user_attrs.get("precision", precision)) != precision:
         raise HarnessError(f"study {study} was run with runtime.precision={earlier}, not {precision}; its trials "

@@ -80,10 +80,11 @@ def runs_frame(runs_dir: str | Path, suite_name: str) -> pd.DataFrame:
                 warn_once(f"warning: {rd.path}: {why}; the table shows summary.json's")
             rows.append({"method": rd.method, "seed": rd.seed, "path": str(rd.path),
                          **{k: s.get(k) for k in ("status", "best_acc", "final_acc", "student_macs", "reason",
-                                                  "unavailable", "data_free", "profile", "wall_time_s", "teacher_acc")},
+                                                  "unavailable", "data_free", "profile", "wall_time_s", "teacher_acc",
+                                                  "iterations")},
                          "config": read_yaml_or_none(rd.config)})
     cols = ["method", "seed", "path", "status", "best_acc", "final_acc", "student_macs", "reason", "unavailable",
-            "data_free", "profile", "wall_time_s", "teacher_acc", "config"]
+            "data_free", "profile", "wall_time_s", "teacher_acc", "iterations", "config"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -183,7 +184,9 @@ def aggregate(runs: pd.DataFrame, metric: str) -> Cell:
     if len(done):
         std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         short = pd.concat([failed, unfinished])
-        note = (f"{len(short)} of {len(runs)} seeds did not finish: {_reason(short)}" if len(short) else None)
+        notes = [f"{len(short)} of {len(runs)} seeds did not finish: {_reason(short)}" if len(short) else None,
+                 uneven_iterations(done)]
+        note = "; ".join(n for n in notes if n) or None
         return Cell(float(vals.mean()), 0.0 if math.isnan(std) else std, len(done), "ok", note)
     if len(broken):
         return Cell(status="failed", note=f"run failed: {_reason(broken)}")
@@ -207,6 +210,17 @@ def mixed_configs(done: pd.DataFrame) -> str | None:
             return (f"not averaged: seed {first['seed']} and seed {r['seed']} were run with different configs "
                     f"({key} differs); give each config its own --runs-dir, or redo a seed with --seeds N --force")
     return None
+
+
+def uneven_iterations(done: pd.DataFrame) -> str | None:
+    """Seeds of one config that ran different numbers of iterations (budget.time_budget_s sizes each run to its
+    machine and moment): averaged, since the config is one, with the range said."""
+    if "iterations" not in done:  # a frame made elsewhere (not runs_frame)
+        return None
+    its = pd.to_numeric(done["iterations"], errors="coerce").dropna().astype(int)
+    if its.nunique() < 2:
+        return None
+    return f"seeds ran {its.min():,}-{its.max():,} iterations (sized by budget.time_budget_s)"
 
 
 def _reason(runs: pd.DataFrame) -> str:

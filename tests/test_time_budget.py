@@ -1,5 +1,6 @@
 """budget.time_budget_s: a run sized to the machine. The probe times the method without touching the run (its
 weights, its random numbers), the count it picks fits the budget, and a resumed run keeps the count it began with."""
+import csv
 import json
 import time
 
@@ -12,7 +13,7 @@ from harness.errors import HarnessError
 from harness.method import Method, Params
 
 BASE = [*SMOKE_TEACHER, "budget.iterations=40", "budget.eval_every=10", "runtime.deterministic=true",
-        "tracking.wandb.mode=disabled"]
+        "tracking.wandb.mode=disabled", "methods.dfad.schedule=cosine"]
 
 
 def run(runs, *overrides):
@@ -25,6 +26,25 @@ def run(runs, *overrides):
     assert out.done or out.skipped, out.failed
     rd = runs / "mnist" / "dfad" / "seed-0"
     return json.loads((rd / "summary.json").read_text()), torch.load(rd / "student.pt", weights_only=True)
+
+
+def metrics(runs):
+    with open(runs / "mnist" / "dfad" / "seed-0" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_budget_below_the_cap_runs_the_iterations_chosen_with_the_schedule_over_them(runs, monkeypatch):
+    chosen = {"budget_s": 5.0, "probe_s_per_iter": 0.1, "probe_eval_s": 0.1, "probe_wall_s": 1.0,
+              "max_iterations": 40, "iterations": 20}
+    monkeypatch.setattr("harness.runner.fit_iterations", lambda *a, **k: (20, chosen))
+    summary, _ = run(runs, "budget.time_budget_s=5")
+    assert summary["iterations"] == 20 and summary["time_budget"] == chosen
+    rows = metrics(runs)
+    assert [int(r["iteration"]) for r in rows] == [10, 20]
+    # cosine over the 20 iterations run, not the cap's 40: the learning rate is spent at the last one
+    assert float(rows[0]["lr_student"]) > 0 and float(rows[-1]["lr_student"]) < 1e-9
+    state = torch.load(runs / "mnist" / "dfad" / "seed-0" / "checkpoint.pt", weights_only=True)
+    assert state["iterations"] == 20 and state["time_budget"] == chosen
 
 
 def test_a_budget_that_fits_the_cap_runs_exactly_the_fixed_run(runs, tmp_path_factory):
@@ -64,9 +84,14 @@ def test_a_resumed_run_keeps_the_iterations_it_planned(runs, monkeypatch):
         raise AssertionError("a resumed run was probed again")
 
     monkeypatch.setattr("harness.runner.fit_iterations", probed)
-    second, _ = run(runs, "budget.time_budget_s=1e6")
+    second, after = run(runs, "budget.time_budget_s=1e6")
     assert second["iterations"] == 50 and second["resumed_from"] == 40
     assert second["time_budget"] == first["time_budget"]
+    assert [int(r["iteration"]) for r in metrics(runs)][-2:] == [40, 50]
+    # the schedule spans the 50: iterations 41-49 still learn (over the cap's 40 the cosine would be spent at 40,
+    # and the student would leave them as it came)
+    before = state["method"]["modules"]["student"]
+    assert any(not torch.equal(before[k], v) for k, v in after.items() if v.is_floating_point())
 
 
 class Sleeper(Method):
@@ -83,7 +108,7 @@ class Sleeper(Method):
         return {}
 
 
-def test_the_fit_counts_iterations_and_evaluations_and_leaves_the_rng_alone():
+def test_the_fit_counts_iterations_and_evaluations_and_leaves_the_rng_alone(monkeypatch):
     from harness.api import build_context
     from harness.loop import fit_iterations
     from harness.models import build_model
@@ -93,15 +118,18 @@ def test_the_fit_counts_iterations_and_evaluations_and_leaves_the_rng_alone():
                             "fp32", "off")
         return Sleeper(ctx, Params())
 
+    monkeypatch.setattr("harness.loop.evaluate", lambda *a, **k: time.sleep(0.05))  # an evaluation takes 50 ms
     test = random_test_set((1, 32, 32))
     before = torch.get_rng_state()
     said = []
-    n, info = fit_iterations(probe, test, 100000, 10, 1.0, log=said.append)
+    n, info = fit_iterations(probe, test, 100000, 10, 2.0, log=said.append)
     assert torch.equal(torch.get_rng_state(), before)
-    # 1 s at >= 10 ms per iteration, less the probe's 14 iterations: at most 95 iterations, in whole evaluations
-    assert 10 <= n <= 95 and n % 10 == 0 and info["iterations"] == n
-    assert info["probe_s_per_iter"] >= 0.01 and "-> " + str(n) + " iterations" in said[0]
-    assert fit_iterations(probe, test, 30, 10, 1e6, log=said.append)[0] == 30  # the cap
+    # 2 s at >= 10 ms per iteration and >= 5 ms of evaluation per iteration, with 5% to spare: at most 126
+    # iterations, in whole evaluation periods
+    assert 10 <= n <= 126 and n % 10 == 0 and info["iterations"] == n
+    assert info["probe_s_per_iter"] >= 0.01 and info["probe_eval_s"] >= 0.05
+    assert "-> " + str(n) + " iterations" in said[0]
+    assert fit_iterations(probe, test, 35, 10, 1e6, log=said.append)[0] == 35  # the cap, even off the period
     assert fit_iterations(probe, test, 30, 10, 1e-3, log=said.append)[0] == 1  # nothing fits: one iteration
 
 
@@ -116,12 +144,35 @@ class TinyNet(torch.nn.Module):
 
 
 def test_distill_takes_a_time_budget():
-    torch.manual_seed(0)
     test = random_test_set((3, 16, 16), n=64)
-    res = harness.distill(TinyNet(), TinyNet(), test_set=test, iterations=6, eval_every=3, batch_size=8, nz=8, ngf=4,
-                          precision="fp32", time_budget_s=1e6)
+
+    def once(**budget):
+        torch.manual_seed(0)
+        teacher, student = TinyNet(), TinyNet()
+        res = harness.distill(teacher, student, test_set=test, iterations=6, eval_every=3, batch_size=8, nz=8, ngf=4,
+                              precision="fp32", **budget)
+        return res, torch.cat([p.detach().flatten() for p in student.parameters()])
+
+    res, weights = once(time_budget_s=1e6)
     assert res.iterations == res.time_budget["iterations"] == 6 and len(res.history) == 2
-    assert harness.distill(TinyNet(), TinyNet(), test_set=test, iterations=6, eval_every=3, batch_size=8, nz=8,
-                           ngf=4, precision="fp32").time_budget is None
+    plain, plain_weights = once()
+    assert plain.time_budget is None
+    assert torch.equal(weights, plain_weights)  # the probe trained a copy: the run is the one without a budget
     with pytest.raises(HarnessError, match="time_budget_s"):
         harness.distill(TinyNet(), TinyNet(), test_set=test, time_budget_s=0)
+
+
+def test_a_cell_of_seeds_that_ran_different_iterations_says_so():
+    """One budget, two machines (or moments): the seeds share a config and a cell, and the table says how far
+    their iteration counts apart are."""
+    import pandas as pd
+
+    from reports.collect import aggregate
+
+    runs = pd.DataFrame([{"method": "dfad", "seed": s, "status": "done", "best_acc": a, "final_acc": a, "reason": None,
+                          "unavailable": None, "iterations": n, "config": {"budget": {"time_budget_s": 60.0}}}
+                         for s, a, n in [(0, 0.80, 2750), (1, 0.82, 3000)]])
+    cell = aggregate(runs, "best")
+    assert cell.status == "ok" and cell.n == 2 and abs(cell.mean - 0.81) < 1e-9
+    assert "2,750-3,000 iterations" in cell.note
+    assert aggregate(runs.assign(iterations=3000), "best").note is None
