@@ -348,7 +348,9 @@ def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log
             return Teacher(model, meta["test_acc"], "cached", weights, meta)
         except HarnessError as e:
             log(f"warning: {e}; training the teacher again")
-    log(f"teacher: training {suite.teacher.model.name} on {suite.dataset} ({suite.teacher.recipe.epochs} epochs)")
+    r = suite.teacher.recipe
+    log(f"teacher: training {suite.teacher.model.name} on {suite.dataset} ({r.epochs} epochs"
+        + (f" at most, as many as fit in {r.time_budget_s:g}s)" if r.time_budget_s else ")"))
     # channels-last for teacher training on CUDA (tensor-core layouts) unless the runtime says off; on CPUs
     # only when asked (`on`): measured for the generator there, not for every teacher
     cl = suite.runtime.channels_last == "on" or (suite.runtime.channels_last == "auto" and device.type == "cuda")
