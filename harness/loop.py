@@ -140,11 +140,24 @@ def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: in
     `time_budget`: what fit_iterations chose `iterations` from, kept in the checkpoint beside them.
     """
     loop = _Loop(method, test.to(method.ctx.device), iterations, eval_every, checkpoint, fingerprint,
-                 on_eval, on_progress, chance_evals, checkpoint_every_s)
-    loop.time_budget = time_budget
+                 on_eval, on_progress, chance_evals, checkpoint_every_s, time_budget)
     if resume_state is not None:
         loop.resume(resume_state)
     return loop.run()
+
+
+def seconds_per_call(fn: Callable[[], object], calls: int, warmup: int, device: torch.device) -> float:
+    """fn's mean wall time over `calls` calls after `warmup` untimed ones (which let cudnn pick its kernels and a
+    CUDA graph be captured); on a GPU the work queued is waited for at both ends."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - t) / calls
 
 
 def fit_iterations(make_probe: Callable[[], Method], test: ImageTensors, max_iterations: int, eval_every: int,
@@ -159,19 +172,11 @@ def fit_iterations(make_probe: Callable[[], Method], test: ImageTensors, max_ite
     with torch.random.fork_rng(devices=devices):
         method = make_probe()
         device = method.ctx.device
-        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         probe = _Loop(method, test.to(device), 1 << 62, 1 << 62, None, "", None, None, None)
-        for _ in range(warmup):
-            probe.step()
-        sync()
-        t1 = time.perf_counter()
-        for _ in range(probe_steps):
-            probe.step()
-        sync()
-        step_s = (time.perf_counter() - t1) / probe_steps
-        t2 = time.perf_counter()
-        evaluate(method.ctx.student, probe.test, device, method.ctx.eval_autocast, channels_last=method.ctx.channels_last)
-        eval_s = time.perf_counter() - t2
+        step_s = seconds_per_call(probe.step, probe_steps, warmup, device)
+        c = method.ctx
+        eval_s = seconds_per_call(lambda: evaluate(c.student, probe.test, device, c.eval_autocast,
+                                                   channels_last=c.channels_last), 1, 0, device)
         del probe, method
     gc.collect()  # the probe's modules (a compiled one, a captured graph's pool) before the real run builds its own
     if torch.cuda.is_available():
@@ -190,7 +195,7 @@ def fit_iterations(make_probe: Callable[[], Method], test: ImageTensors, max_ite
 
 class _Loop:
     def __init__(self, method, test, iterations, eval_every, checkpoint, fingerprint, on_eval, on_progress,
-                 chance_evals, checkpoint_every_s=0.0):
+                 chance_evals, checkpoint_every_s=0.0, time_budget=None):
         self.method, self.ctx, self.test = method, method.ctx, test
         self.iterations, self.eval_every = iterations, eval_every
         self.checkpoint, self.fingerprint = checkpoint, fingerprint
@@ -202,7 +207,7 @@ class _Loop:
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.stepper = stepper(method, self.ctx.cuda_graph)
-        self.time_budget: dict | None = None
+        self.time_budget: dict | None = time_budget
 
     def resume(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])

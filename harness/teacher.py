@@ -21,7 +21,7 @@ from .config import Suite, TeacherCfg, config_hash, file_digest
 from .data import DatasetSpec, ImageTensors, TensorBatches, get_dataset
 from .errors import HarnessError, first_line
 from .locks import exclusive
-from .loop import evaluate
+from .loop import evaluate, seconds_per_call
 from .method import schedule_factor
 from .models import build_model, count_macs
 from .store import atomic_torch_save, is_number, read_json, write_json
@@ -152,18 +152,8 @@ def fit_epochs(model, opt, batches, step, steps_per_epoch: int, evaluate_once, b
     probe_opt = type(opt)(probe.parameters(), **opt.defaults)
     data, n = batches.data, batches.batch_size  # one fixed batch: the real run's batch order stays as it was
     x, y = data.normalize(data.x[:n]), data.y[:n]
-    sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
-    for _ in range(3):
-        step(probe, probe_opt, x, y)
-    sync()
-    t1 = time.perf_counter()
-    for _ in range(probe_steps):
-        step(probe, probe_opt, x, y)
-    sync()
-    step_s = (time.perf_counter() - t1) / probe_steps
-    t2 = time.perf_counter()
-    evaluate_once(probe)
-    eval_s = time.perf_counter() - t2
+    step_s = seconds_per_call(lambda: step(probe, probe_opt, x, y), probe_steps, 3, x.device)
+    eval_s = seconds_per_call(lambda: evaluate_once(probe), 1, 0, x.device)
     del probe, probe_opt
     epoch_s = 1.05 * (steps_per_epoch * step_s + eval_s)  # 5% margin for drift
     left = budget_s - (time.perf_counter() - t0)
