@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Literal, Optional
 
 import numpy as np
@@ -101,6 +102,9 @@ def build_context(teacher: nn.Module, student: nn.Module, input_shape, num_class
     # the usual choice for tensor cores; "off" where a CPU is slower with it (`dfad-bench speed` tells)
     cl = channels_last in ("on", "auto")
     student = student.to(dev)
+    if cl and (hazard := env.channels_last_hazard(dev, student, *([] if fast else [teacher]))):
+        warnings.warn(f"runtime.channels_last: {hazard}; running channels-first", stacklevel=2)
+        cl = False
     mf = torch.channels_last if cl else torch.contiguous_format
     student, teacher = student.to(memory_format=mf), teacher.to(memory_format=mf)
     if compile:  # in place, so state_dict keys (checkpoints, student.pt) stay those of the plain module

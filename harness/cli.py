@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -355,6 +356,8 @@ def main() -> int:
     one line naming it, like every other bad input, not a framed box."""
     from typer._click import exceptions as click  # typer's own click, whose errors its commands raise
 
+    # a warning (a switch that falls back, a library's notice) is one line, as the harness's own messages are
+    warnings.formatwarning = lambda message, category, *_, **__: f"warning: {' '.join(str(message).split())}\n"
     try:
         rc = app(standalone_mode=False)
     except click.NoArgsIsHelpError as e:

@@ -65,6 +65,25 @@ def native_bf16(device: torch.device) -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def channels_last_hazard(device: torch.device, *modules: torch.nn.Module) -> str | None:
+    """Why channels-last must not train these modules on this device, or None. oneDNN's CPU kernel for the weight
+    gradient of a 1x1 convolution with a stride (or padding) writes past its workspace when the layout is
+    channels-last and the input channels are fewer than its block (8 with AVX2, 16 with AVX-512): heap
+    corruption, a hang, or wrong gradients (uxlfoundation/oneDNN#6035). Measured here with torch 2.14.1 on an
+    AVX2 EPYC: 2-7 input channels crash, 1 and 8+ do not; 16 is the bound for either block."""
+    if device.type != "cpu":
+        return None
+    for module in modules:
+        for name, m in module.named_modules():
+            if (isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.weight.requires_grad
+                    and m.in_channels // m.groups < 16
+                    and (m.stride != (1, 1) or m.padding not in ((0, 0), "valid"))):
+                return (f"{type(module).__name__}.{name} is a 1x1 convolution with stride {m.stride[0]} and "
+                        f"{m.in_channels // m.groups} input channels, whose channels-last weight gradient oneDNN "
+                        f"corrupts memory on CPUs (uxlfoundation/oneDNN#6035)")
+    return None
+
+
 def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     """None = fp32. `auto` uses bf16 autocast where the hardware has it natively."""
     if setting not in ("auto", "fp32", "bf16"):

@@ -344,6 +344,9 @@ def _cached_or_trained(suite, model, spec, key, cache, suite_record, device, log
     # channels-last for teacher training on CUDA (tensor-core layouts) unless the runtime says off; on CPUs
     # only when asked (`on`): measured for the generator there, not for every teacher
     cl = suite.runtime.channels_last == "on" or (suite.runtime.channels_last == "auto" and device.type == "cuda")
+    if cl and (hazard := env.channels_last_hazard(device, model)):
+        log(f"warning: runtime.channels_last: {hazard}; training the teacher channels-first")
+        cl = False
     resume = cache / "training.pt"  # the state after the last finished epoch, while the teacher trains
     model, acc, seconds, epochs = train_teacher(model, spec, suite.teacher.recipe, device, log, channels_last=cl,
                                                 checkpoint=resume)

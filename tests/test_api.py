@@ -390,3 +390,63 @@ def test_the_generator_does_not_start_as_a_copy_of_the_student():
         g = m.modules["generator"].l1.weight.detach().flatten()[:first.numel()]
         r = torch.corrcoef(torch.stack([first.detach(), g]))[0, 1].item()
         assert abs(r) < 0.5, (seed, r)
+
+
+class StridedPointwiseNet(nn.Module):
+    """A 1x1 convolution with stride 2 on few channels: the shape oneDNN's channels-last weight gradient corrupts
+    memory on (uxlfoundation/oneDNN#6035; on this project's AVX2 CPU: a segfault, a double free, or a hang)."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.stem = nn.Conv2d(2, c, 3, padding=1)
+        self.down = nn.Conv2d(c, 8, 1, stride=2, bias=False)
+        self.fc = nn.Linear(8, 7)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.down(torch.relu(self.stem(x)))).mean((2, 3)))
+
+
+def test_channels_last_steps_aside_for_the_layer_onednn_corrupts():
+    import warnings
+
+    from harness.api import build_context
+    from harness.env import channels_last_hazard
+
+    cpu = torch.device("cpu")
+    assert "down is a 1x1 convolution with stride 2 and 4 input channels" in channels_last_hazard(
+        cpu, StridedPointwiseNet())
+    assert channels_last_hazard(cpu, StridedPointwiseNet(c=16)) is None  # a full block of input channels
+    assert channels_last_hazard(cpu, TinyNet()) is None
+    assert channels_last_hazard(torch.device("cuda"), StridedPointwiseNet()) is None  # a CPU kernel's bug
+    frozen = StridedPointwiseNet().requires_grad_(False)
+    assert channels_last_hazard(cpu, frozen) is None  # no weight gradient, no bug
+
+    def ctx(student, teacher, fast=True):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            c = build_context(teacher, student, (2, 20, 24), 7, 0, 4, "cpu", "fp32", "auto", fast=fast)
+        return c.channels_last, [str(w.message) for w in said]
+
+    on, said = ctx(StridedPointwiseNet(), TinyNet())
+    assert not on and any("running channels-first" in s and "oneDNN#6035" in s for s in said)
+    assert ctx(TinyNet(), TinyNet()) == (True, [])
+    assert ctx(TinyNet(), StridedPointwiseNet())[0]  # a frozen teacher takes no weight gradient
+    assert not ctx(TinyNet(), StridedPointwiseNet(), fast=False)[0]  # the plain path's teacher does
+
+
+def test_a_student_with_that_layer_distills_on_the_cpu():
+    """Without the guard this run hangs or dies in the student's backward on AVX2 CPUs (and may get wrong gradients
+    where the kernel neither crashes nor hangs): in its own process, with a time limit."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import torch, harness; from test_api import StridedPointwiseNet, TinyNet, _data; torch.manual_seed(0); "
+            "s = StridedPointwiseNet(); r = harness.distill(TinyNet(), s, test_set=_data(shape=(2, 32, 32)), "
+            "iterations=4, eval_every=2, batch_size=8, nz=8, ngf=4, precision='fp32'); "
+            "print(r.iterations, s.down.weight.is_contiguous())")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.split() == ["4", "True"]
