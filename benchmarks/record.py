@@ -115,12 +115,13 @@ def main():
     sized = [(rd, s) for rd, s in runs if s.get("time_budget")]
     if sized:  # budget.time_budget_s: what each run's iteration count was chosen from
         lines += ["## Iterations chosen by the time budget", "", "| method | seed | budget s | probe s/iter | "
-                  "probe evaluation s | probe wall s | iterations (at most) |", "|" + "---|" * 7]
+                  "probe evaluation s | probe wall s | iterations (at most) | stopped at |", "|" + "---|" * 8]
         for rd, s in sized:
             tb = s["time_budget"]
+            stopped = f"{tb['stopped_at']}: {tb.get('stopped_because')}" if "stopped_at" in tb else "-"
             lines.append(f"| {rd.method} | {rd.seed} | {tb.get('budget_s')} | {tb.get('probe_s_per_iter')} | "
                          f"{tb.get('probe_eval_s')} | {tb.get('probe_wall_s')} | {tb.get('iterations')} "
-                         f"({tb.get('max_iterations')}) |")
+                         f"({tb.get('max_iterations')}) | {stopped} |")
         lines.append("")
 
     lines += ["## Every run", "", "| method | seed | status | best | at iteration | final | iterations | wall s | "

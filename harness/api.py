@@ -170,8 +170,8 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
             if time_budget_s:
                 iterations, budget = fit_iterations(lambda: method_on(copy.deepcopy(student), iterations), test,
                                                     iterations, eval_every, time_budget_s, log=lambda line: None)
-            result = run_loop(method_on(student, iterations), test, iterations, eval_every, on_eval=on_eval)
-            result.time_budget = budget
+            result = run_loop(method_on(student, iterations), test, iterations, eval_every, on_eval=on_eval,
+                              time_budget=budget)
         finally:
             for k in kept:
                 k.restore()

@@ -208,6 +208,9 @@ class _Loop:
         self.count = 0
         self.stepper = stepper(method, self.ctx.cuda_graph)
         self.time_budget: dict | None = time_budget
+        # the run's own share of the budget (the probe spent the rest): a deadline on elapsed(), which counts every
+        # session of a resumed run
+        self.deadline = (time_budget["budget_s"] - time_budget.get("probe_wall_s", 0.0)) if time_budget else None
 
     def resume(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
@@ -236,6 +239,7 @@ class _Loop:
 
     def run(self) -> LoopResult:
         self.t0 = self.tick = time.perf_counter()
+        self.period = (self.elapsed(), self.it)  # where the evaluation period under way began
         with _StopFlag().installed() as stop:
             while self.it < self.iterations:
                 if stop.raised:  # Ctrl-C: checkpoint between steps, then stop
@@ -248,7 +252,7 @@ class _Loop:
             best_acc=max(accs) if accs else float("nan"), final_acc=accs[-1] if accs else float("nan"),
             history=self.history, student=self.ctx.student, iterations=self.it, wall_time_s=self.elapsed(),
             train_time_s=self.train_time, resumed_from=self.start_it, method=self.method,
-            cuda_graph=getattr(self.stepper, "status", None),
+            cuda_graph=getattr(self.stepper, "status", None), time_budget=self.time_budget,
         )
 
     def step(self) -> None:
@@ -260,6 +264,8 @@ class _Loop:
         for sched in self.method.schedulers.values():
             sched.step()
         self.it += 1
+        if self.deadline is not None and self.it < self.iterations and self.elapsed() >= self.deadline:
+            self.cut("the time budget ran out between evaluations")  # a slowed machine: stop, scored, now
         if self.it % self.eval_every == 0 or self.it == self.iterations:
             self.evaluate()
         if self.on_progress:
@@ -283,6 +289,16 @@ class _Loop:
             row["metric"] = self.test.metric
         self.history.append(row)
         self.sums, self.count = {}, 0
+        if self.deadline is not None and self.it < self.iterations:
+            (since, from_it), now = self.period, self.elapsed()
+            per_iter = (now - since) / max(1, self.it - from_it)  # this period's pace, its evaluation included
+            if from_it == self.start_it:  # a session's first period also paid one-time costs (a compile, a capture)
+                tb = self.time_budget
+                per_iter = min(per_iter, tb.get("probe_s_per_iter", per_iter)
+                               + tb.get("probe_eval_s", 0.0) / self.eval_every)
+            if now + per_iter * (min(self.it + self.eval_every, self.iterations) - self.it) > self.deadline:
+                self.cut("the next evaluation period would end past the time budget")
+        self.period = (self.elapsed(), self.it)
         if (self.saved_at is None or self.it == self.iterations
                 or time.perf_counter() - self.saved_at >= self.checkpoint_every_s):
             self.save()
@@ -290,6 +306,13 @@ class _Loop:
             self.on_eval(row)
         self.check_chance()
         self.tick = time.perf_counter()
+
+    def cut(self, why: str) -> None:
+        """End the run at this iteration (the machine turned out slower than the probe found): the schedules stay
+        those of the planned count, and the time budget's record says where and why it stopped."""
+        self.time_budget = {**self.time_budget, "stopped_at": self.it, "planned_iterations": self.iterations,
+                            "stopped_because": why}
+        self.iterations = self.it
 
     def check_chance(self) -> None:
         n = self.chance_evals

@@ -337,6 +337,11 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
                    "teacher_forward_images": getattr(m, "teacher_images", None)}
         if result.cuda_graph:
             summary["cuda_graph"] = result.cuda_graph
+        if result.time_budget:  # with where the run stopped, when the machine turned out slower than its probe
+            summary["time_budget"] = result.time_budget
+            if "stopped_at" in result.time_budget:
+                progress.log(f"  {method} seed {seed}: stopped at iteration {result.iterations} of "
+                             f"{result.time_budget['planned_iterations']}: {result.time_budget['stopped_because']}")
         rd.write_summary(summary)
         for cb in callbacks:
             cb.on_run_end(summary)

@@ -276,6 +276,7 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
                                f"again to train it from the start") from None
         acc = resume["acc"]
         log(f"teacher: resuming after epoch {start}/{epochs} ({checkpoint})")
+    epoch_t0 = time.perf_counter()
     for epoch in range(start, epochs):
         loss_sum = torch.zeros((), device=device)
         for _ in range(steps_per_epoch):
@@ -284,6 +285,13 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
             sched.step()
             loss_sum += loss.detach()
         acc = evaluate_once(model)
+        now = time.perf_counter()
+        if (recipe.time_budget_s and epoch + 1 < epochs
+                and before_s + now - t0 + (now - epoch_t0) > recipe.time_budget_s):  # slower than the probe found
+            log(f"teacher: time budget {recipe.time_budget_s:g}s: stopping after epoch {epoch + 1} of {epochs} "
+                f"(the next one would end past it)")
+            epochs = epoch + 1
+        epoch_t0 = now  # the next epoch's time counts this one's checkpoint and report
         if checkpoint is not None and epoch + 1 < epochs:  # saved before the epoch is reported: what is seen is kept
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
@@ -293,6 +301,8 @@ def train_teacher(model: nn.Module, spec: DatasetSpec, recipe, device, log=print
                               checkpoint)
         log(f"teacher epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f}, "
             f"test {getattr(spec, 'metric', 'acc')} {acc:.4f}, {before_s + time.perf_counter() - t0:.0f}s")
+        if epoch + 1 == epochs:  # the planned last one, or the last the time budget left room for
+            break
     if precision is not None:  # the recorded accuracy in fp32, as a checkpoint teacher's and the students' are
         acc = evaluate(model, test, device, channels_last=channels_last)
     return model, acc, before_s + time.perf_counter() - t0, epochs

@@ -34,10 +34,10 @@ def metrics(runs):
 
 
 def test_a_budget_below_the_cap_runs_the_iterations_chosen_with_the_schedule_over_them(runs, monkeypatch):
-    chosen = {"budget_s": 5.0, "probe_s_per_iter": 0.1, "probe_eval_s": 0.1, "probe_wall_s": 1.0,
+    chosen = {"budget_s": 600.0, "probe_s_per_iter": 0.1, "probe_eval_s": 0.1, "probe_wall_s": 1.0,
               "max_iterations": 40, "iterations": 20}
     monkeypatch.setattr("harness.runner.fit_iterations", lambda *a, **k: (20, chosen))
-    summary, _ = run(runs, "budget.time_budget_s=5")
+    summary, _ = run(runs, "budget.time_budget_s=600")
     assert summary["iterations"] == 20 and summary["time_budget"] == chosen
     rows = metrics(runs)
     assert [int(r["iteration"]) for r in rows] == [10, 20]
@@ -176,3 +176,75 @@ def test_a_cell_of_seeds_that_ran_different_iterations_says_so():
     assert cell.status == "ok" and cell.n == 2 and abs(cell.mean - 0.81) < 1e-9
     assert "2,750-3,000 iterations" in cell.note
     assert aggregate(runs.assign(iterations=3000), "best").note is None
+
+
+class SlowedDown(Sleeper):
+    """Steps that take 20 ms, where the probe found 10: a machine that slowed down after the probe."""
+
+    def step(self, it):
+        time.sleep(0.02)
+        return {"loss": torch.zeros(())}
+
+
+def _sleeper_ctx():
+    from harness.api import build_context
+    from harness.models import build_model
+
+    return build_context(build_model("lenet5"), build_model("lenet5_half"), (1, 32, 32), 10, 0, 10, "cpu", "fp32",
+                         "off")
+
+
+@pytest.mark.parametrize("eval_every", [5, 10_000])
+def test_a_run_slower_than_its_probe_stops_at_the_budget_scored(monkeypatch, eval_every):
+    """The count was chosen from a probe; the run itself keeps to the budget: at an evaluation when the next period
+    would end past it, or at once (and scored) when a period outlasts it."""
+    from harness.loop import run_loop
+
+    monkeypatch.setattr("harness.loop.evaluate", lambda *a, **k: 0.5)
+    planned = {"budget_s": 1.2, "probe_s_per_iter": 0.01, "probe_eval_s": 0.0, "probe_wall_s": 0.2,
+               "max_iterations": 1000, "iterations": 1000}
+    t = time.perf_counter()
+    res = run_loop(SlowedDown(_sleeper_ctx(), Params()), random_test_set((1, 32, 32)), 1000, eval_every,
+                   time_budget=planned)
+    took = time.perf_counter() - t
+    # 1 s of the run's own (the probe took 0.2 of the 1.2) at >= 20 ms per iteration: at most 50 iterations
+    assert 10 <= res.iterations <= 50 and took < 1.0 + 0.5
+    assert res.history[-1]["iteration"] == res.iterations  # the last iteration run is scored
+    tb = res.time_budget
+    assert tb["stopped_at"] == res.iterations and tb["planned_iterations"] == 1000
+    assert ("next evaluation period" if eval_every == 5 else "ran out between evaluations") in tb["stopped_because"]
+    assert planned.get("stopped_at") is None  # the caller's record is not changed in place
+    if eval_every == 5:  # whole periods: the stop comes at an evaluation
+        assert res.iterations % 5 == 0 and took < 1.0 + 0.25
+    else:
+        assert len(res.history) == 1
+
+
+def test_a_run_that_keeps_its_pace_runs_its_count():
+    from harness.loop import run_loop
+
+    planned = {"budget_s": 60.0, "probe_s_per_iter": 0.02, "probe_eval_s": 0.0, "probe_wall_s": 0.2,
+               "max_iterations": 30, "iterations": 30}
+    res = run_loop(SlowedDown(_sleeper_ctx(), Params()), random_test_set((1, 32, 32)), 30, 10, time_budget=planned)
+    assert res.iterations == 30 and res.time_budget == planned
+
+
+def test_a_teacher_slower_than_its_probe_stops_at_the_budget(monkeypatch):
+    from harness.config import TeacherRecipe
+    from harness.teacher import train_teacher
+    from test_teacher import _tiny_net, _tiny_spec
+
+    monkeypatch.setattr("harness.teacher.fit_epochs", lambda *a, **k: 50)  # the probe's count, too many to fit
+    lines = []
+
+    def slow(line):  # every epoch takes >= 0.1 s
+        lines.append(line)
+        if line.startswith("teacher epoch"):
+            time.sleep(0.1)
+
+    recipe = TeacherRecipe(epochs=50, batch_size=16, lr=0.05, time_budget_s=0.5, precision="fp32")
+    _, acc, seconds, epochs = train_teacher(_tiny_net(), _tiny_spec(), recipe, torch.device("cpu"), log=slow)
+    # >= 0.1 s per epoch: 5 fit in 0.5 s; the 50 planned would take >= 5 s (the margin: a loaded test machine)
+    assert 1 <= epochs <= 5 and seconds < 0.5 + 1.0 and 0 <= acc <= 1
+    assert any(f"stopping after epoch {epochs} of 50" in line for line in lines), lines
+    assert lines[-1].startswith(f"teacher epoch {epochs}/{epochs}")
