@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from typing import Any, Literal, Optional
 
@@ -166,12 +167,12 @@ def distill(teacher: nn.Module, student: nn.Module, method: str = "dfad", test_s
             return m
 
         try:
-            budget = None
+            budget, budget_started = None, time.perf_counter()
             if time_budget_s:
                 iterations, budget = fit_iterations(lambda: method_on(copy.deepcopy(student), iterations), test,
                                                     iterations, eval_every, time_budget_s, log=lambda line: None)
             result = run_loop(method_on(student, iterations), test, iterations, eval_every, on_eval=on_eval,
-                              time_budget=budget)
+                              time_budget=budget, budget_started=budget_started)
         finally:
             for k in kept:
                 k.restore()

@@ -353,11 +353,19 @@ app.command("tune")(guarded(tune_command))
 
 def main() -> int:
     """The `dfad-bench` command: as `app`, but a usage error (an unknown option or command, a flag's bad value) is
-    one line naming it, like every other bad input, not a framed box."""
+    one line naming it, like every other bad input, not a framed box; so is a warning (a switch that falls back, a
+    library's notice), as the harness's own messages are."""
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_, **__: f"warning: {' '.join(str(message).split())}\n"
+    try:
+        return _main()
+    finally:  # main() called in a process that goes on (a test) leaves its warnings as they were
+        warnings.formatwarning = formatwarning
+
+
+def _main() -> int:
     from typer._click import exceptions as click  # typer's own click, whose errors its commands raise
 
-    # a warning (a switch that falls back, a library's notice) is one line, as the harness's own messages are
-    warnings.formatwarning = lambda message, category, *_, **__: f"warning: {' '.join(str(message).split())}\n"
     try:
         rc = app(standalone_mode=False)
     except click.NoArgsIsHelpError as e:

@@ -77,8 +77,9 @@ def channels_last_hazard(device: torch.device, *modules: torch.nn.Module) -> str
         for name, m in module.named_modules():
             if (isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.weight.requires_grad
                     and m.in_channels // m.groups < 16
-                    and (m.stride != (1, 1) or m.padding not in ((0, 0), "valid"))):
-                return (f"{type(module).__name__}.{name} is a 1x1 convolution with stride {m.stride[0]} and "
+                    and (m.stride != (1, 1) or m.padding not in ((0, 0), "valid", "same"))):
+                how = f"stride {m.stride[0]}" if m.stride != (1, 1) else f"padding {m.padding[0]}"
+                return (f"{type(module).__name__}.{name} is a 1x1 convolution with {how} and "
                         f"{m.in_channels // m.groups} input channels, whose channels-last weight gradient oneDNN "
                         f"corrupts memory on CPUs (uxlfoundation/oneDNN#6035)")
     return None

@@ -131,18 +131,24 @@ def run_loop(method: Method, test: ImageTensors, iterations: int, eval_every: in
              on_eval: Callable[[dict], None] | None = None,
              on_progress: Callable[[int, int, float | None], None] | None = None,
              fingerprint: str = "", chance_evals: int | None = None,
-             checkpoint_every_s: float = 0.0, time_budget: dict | None = None) -> LoopResult:
+             checkpoint_every_s: float = 0.0, time_budget: dict | None = None,
+             budget_started: float | None = None) -> LoopResult:
     """Run `method` for `iterations`, evaluating on `test` every `eval_every` iterations.
 
     `chance_evals`: fail the run when that many evaluations in a row sit at chance accuracy.
     `checkpoint_every_s`: write the checkpoint at an evaluation only when this long has passed since the
     last one (0: at every evaluation); the first evaluation, the last iteration and a stop always write it.
-    `time_budget`: what fit_iterations chose `iterations` from, kept in the checkpoint beside them.
+    `time_budget`: what fit_iterations chose `iterations` from, kept in the checkpoint beside them; the run also
+    keeps to it, stopping early (scored) where the machine turns out slower than the probe found.
+    `budget_started`: when the budget's clock started (time.perf_counter() before the probe), so the time between
+    the probe and the first step (building the run, W&B) counts too; without it, the probe's wall time stands for it.
     """
     loop = _Loop(method, test.to(method.ctx.device), iterations, eval_every, checkpoint, fingerprint,
                  on_eval, on_progress, chance_evals, checkpoint_every_s, time_budget)
     if resume_state is not None:
         loop.resume(resume_state)
+    elif budget_started is not None and loop.deadline is not None:
+        loop.deadline = time_budget["budget_s"] - (time.perf_counter() - budget_started)
     return loop.run()
 
 
@@ -264,7 +270,7 @@ class _Loop:
         for sched in self.method.schedulers.values():
             sched.step()
         self.it += 1
-        if self.deadline is not None and self.it < self.iterations and self.elapsed() >= self.deadline:
+        if self.deadline is not None and self.it < self.iterations and self.past_deadline():
             self.cut("the time budget ran out between evaluations")  # a slowed machine: stop, scored, now
         if self.it % self.eval_every == 0 or self.it == self.iterations:
             self.evaluate()
@@ -306,6 +312,16 @@ class _Loop:
             self.on_eval(row)
         self.check_chance()
         self.tick = time.perf_counter()
+
+    def past_deadline(self) -> bool:
+        """Whether the evaluation that ends the run must start now to end by the deadline. On a GPU the steps are
+        queued ahead of it: every 16th step waits for them (a graphed run never syncs otherwise) and is the one
+        that looks."""
+        if self.ctx.device.type == "cuda":
+            if self.it % 16:
+                return False
+            torch.cuda.synchronize(self.ctx.device)
+        return self.elapsed() + self.time_budget.get("probe_eval_s", 0.0) >= self.deadline
 
     def cut(self, why: str) -> None:
         """End the run at this iteration (the machine turned out slower than the probe found): the schedules stay

@@ -54,7 +54,7 @@ class SuiteProgress:
 
     def update_run(self, it: int, total: int, acc: float | None) -> None:
         if self._bars and self._run is not None:
-            self._bars.update(self._run, completed=it, info=f"acc {acc:.4f}" if acc is not None else "")
+            self._bars.update(self._run, completed=it, total=total, info=f"acc {acc:.4f}" if acc is not None else "")
 
     def on_eval(self, row: dict) -> None:
         if not self._bars:

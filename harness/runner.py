@@ -278,6 +278,7 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
             return make_method(cfg.get("method_class", method), ctx, cfg["params"])
 
         iterations, budget_s = suite.budget.iterations, suite.budget.time_budget_s
+        budget_started = time.perf_counter()  # the budget's clock: the probe, building the run and the run
         if resume:  # the iterations planned when the run began (a time budget's choice), not a new probe's
             iterations = resume.get("iterations", iterations)
             if chosen := resume.get("time_budget") or (rd.summary() or {}).get("time_budget"):
@@ -323,7 +324,8 @@ def execute_run(suite: Suite, method: str, seed: int, rd: RunDir, teacher, test,
         result = run_loop(m, test, iterations, suite.budget.eval_every, checkpoint=rd.checkpoint,
                           resume_state=resume, on_eval=on_eval, on_progress=progress.update_run, fingerprint=fp,
                           chance_evals=suite.budget.chance_evals,
-                          checkpoint_every_s=suite.runtime.checkpoint_every_s, time_budget=base.get("time_budget"))
+                          checkpoint_every_s=suite.runtime.checkpoint_every_s, time_budget=base.get("time_budget"),
+                          budget_started=budget_started)
         atomic_torch_save({k: v.detach().cpu() for k, v in result.student.state_dict().items()}, rd.student)
         best_row = max(result.history, key=lambda r: r["test_acc"])
         summary = {**base, "status": "done", "best_acc": result.best_acc, "final_acc": result.final_acc,

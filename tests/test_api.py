@@ -445,8 +445,8 @@ def test_a_student_with_that_layer_distills_on_the_cpu():
     code = ("import torch, harness; from test_api import StridedPointwiseNet, TinyNet, _data; torch.manual_seed(0); "
             "s = StridedPointwiseNet(); r = harness.distill(TinyNet(), s, test_set=_data(shape=(2, 32, 32)), "
             "iterations=4, eval_every=2, batch_size=8, nz=8, ngf=4, precision='fp32'); "
-            "print(r.iterations, s.down.weight.is_contiguous())")
+            "print(r.iterations)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-1500:]
-    assert r.stdout.split() == ["4", "True"]
+    assert r.stdout.split() == ["4"] and "running channels-first" in r.stderr
